@@ -1,0 +1,41 @@
+//! Command-line front end: one file per subcommand, each owning its clap arguments.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+pub mod eval;
+pub mod model_info;
+pub mod predict;
+pub mod run;
+pub mod train;
+
+#[derive(Debug, Parser)]
+#[command(name = "smartbin", version, about = "The brain of an automatic recycling bin")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sorter: frames -> classifier -> bin -> servo moves.
+    Run(run::RunArgs),
+    /// Train a classifier on TrashNet (the RecycleNet recipe by default).
+    Train(train::TrainArgs),
+    /// Evaluate a model on a TrashNet split.
+    Eval(eval::EvalArgs),
+    /// Classify image files.
+    Predict(predict::PredictArgs),
+    /// Print an architecture's parameter count.
+    ModelInfo(model_info::ModelInfoArgs),
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(a) => run::main(a),
+        Command::Train(a) => train::main(a),
+        Command::Eval(a) => eval::main(a),
+        Command::Predict(a) => predict::main(a),
+        Command::ModelInfo(a) => model_info::main(a),
+    }
+}

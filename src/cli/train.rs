@@ -1,0 +1,131 @@
+use crate::model::{parse_device, Arch, AttentionKind, GateMix};
+use crate::training::data::Split;
+use crate::training::trainer::stored_config;
+use crate::training::{TrainConfig, Trainer};
+use anyhow::bail;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags follow the RecycleNet recipe's names. Recipe flags left out take the recipe's
+/// default, or with `--resume` the value stored in the checkpoint.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// TrashNet root (holds dataset-resized/ and splits/).
+    #[arg(long, default_value = "../shared/trashnet")]
+    pub data: PathBuf,
+    /// [default: resnet18]
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+    /// [default: ours]
+    #[arg(long, value_enum)]
+    pub att: Option<AttentionKind>,
+    /// How `ours` combines its gates [default: sum]
+    #[arg(long, value_enum)]
+    pub att_mix: Option<GateMix>,
+    /// [default: 100]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// [default: 16]
+    #[arg(long, short = 'b')]
+    pub batch_size: Option<usize>,
+    /// [default: 2e-4]
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// [default: 0.9]
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// [default: 1e-4]
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Divide the learning rate by 10 every this many epochs [default: 40]
+    #[arg(long)]
+    pub lr_step: Option<usize>,
+    /// [default: 1234]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Square input size; smaller trains faster [default: 224]
+    #[arg(long)]
+    pub image_size: Option<u32>,
+    /// Where checkpoint.safetensors, model_best.safetensors and metrics.csv go [default: save]
+    #[arg(long)]
+    pub save_dir: Option<PathBuf>,
+    /// Use at most this many training images (quick experiments).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Continue from a checkpoint.safetensors.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Train from scratch (the default while no ImageNet weights are imported).
+    #[arg(long, conflicts_with = "pretrained")]
+    pub no_pretrain: bool,
+    /// Start from ImageNet weights (importing them arrives with the transfer-learning work).
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Evaluate the `--resume` model on the test split instead of training.
+    #[arg(long, short = 'e')]
+    pub evaluate: bool,
+}
+
+fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let base = match &args.resume {
+        Some(path) => stored_config(path)?,
+        None => TrainConfig {
+            arch: Arch::Resnet18,
+            att: AttentionKind::Ours,
+            att_mix: GateMix::Sum,
+            epochs: 100,
+            batch_size: 16,
+            lr: 2e-4,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            lr_step: 40,
+            seed: 1234,
+            image_size: 224,
+            data: args.data.clone(),
+            save_dir: "save".into(),
+            limit: None,
+        },
+    };
+    Ok(TrainConfig {
+        arch: args.arch.unwrap_or(base.arch),
+        att: args.att.unwrap_or(base.att),
+        att_mix: args.att_mix.unwrap_or(base.att_mix),
+        epochs: args.epochs.unwrap_or(base.epochs),
+        batch_size: args.batch_size.unwrap_or(base.batch_size),
+        lr: args.lr.unwrap_or(base.lr),
+        momentum: args.momentum.unwrap_or(base.momentum),
+        weight_decay: args.weight_decay.unwrap_or(base.weight_decay),
+        lr_step: args.lr_step.unwrap_or(base.lr_step),
+        seed: args.seed.unwrap_or(base.seed),
+        image_size: args.image_size.unwrap_or(base.image_size),
+        data: args.data.clone(),
+        save_dir: args.save_dir.clone().unwrap_or(base.save_dir),
+        limit: args.limit.or(base.limit),
+    })
+}
+
+pub fn main(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.pretrained {
+        bail!("--pretrained {}: importing ImageNet weights is not implemented yet; train with --no-pretrain", path.display());
+    }
+    let config = recipe(&args)?;
+    if config.batch_size == 0 || config.image_size < 32 || config.lr_step == 0 {
+        bail!("--batch-size and --lr-step must be positive and --image-size at least 32");
+    }
+    let device = parse_device(&args.device)?;
+    if args.evaluate {
+        let Some(path) = &args.resume else { bail!("-e/--evaluate needs --resume PATH (the model to evaluate)") };
+        let (network, _) = crate::model::checkpoint::load_network(path, &device)?;
+        let cache = crate::training::trainer::split_cache(&config.data, Split::Test, crate::preprocess::eval_resize_side(network.spec.image_size), None)?;
+        println!("{}", crate::training::evaluate(&network, &cache, 32)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    log::info!("training {} + {:?} on {}: {config:?}", config.arch, config.att, args.device);
+    let mut trainer = Trainer::new(config, &device, args.resume.as_deref())?;
+    let state = trainer.run()?;
+    log::info!("done: best validation accuracy {:.2}% after {} epochs", state.best_val_acc, state.epoch);
+    Ok(ExitCode::SUCCESS)
+}

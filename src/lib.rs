@@ -1,0 +1,17 @@
+//! smartbin: the brain of an automatic recycling bin.
+//!
+//! The modules follow the path an item takes through the bin:
+//! [`source`] (frames) → [`preprocess`] → [`model`] → [`decision`] → [`actuation`],
+//! with [`config`], [`training`], [`sorter`] (the run loop) and [`cli`] beside them.
+
+pub mod actuation;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod decision;
+pub mod model;
+pub mod preprocess;
+pub mod sorter;
+pub mod source;
+pub mod training;
+pub mod util;

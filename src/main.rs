@@ -1,0 +1,26 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    keep_freed_memory();
+    let cli = smartbin::cli::Cli::parse();
+    match smartbin::cli::dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            log::error!("{err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Every tensor op allocates its output. glibc hands blocks over 128 KiB straight back
+/// to the kernel, so each op pays fresh page faults (6% of a training step). Keeping
+/// blocks up to 32 MiB (glibc's ceiling) in the heap lets them be reused instead.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}

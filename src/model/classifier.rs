@@ -1,0 +1,42 @@
+//! The trained network behind the [`Classifier`] trait used by the sorter and `predict`.
+
+use super::{checkpoint, Classifier, Network};
+use crate::preprocess;
+use candle_core::{Device, D};
+use std::path::Path;
+
+/// A loaded model plus its preprocessing.
+#[derive(Debug)]
+pub struct ModelClassifier {
+    pub network: Network,
+}
+
+impl ModelClassifier {
+    pub fn load(path: &Path, device: &Device) -> Result<Self, checkpoint::CheckpointError> {
+        let (network, _) = checkpoint::load_network(path, device)?;
+        Ok(Self { network })
+    }
+}
+
+impl Classifier for ModelClassifier {
+    fn class_names(&self) -> &[String] {
+        &self.network.spec.classes
+    }
+
+    fn classify(&mut self, images: &[image::RgbImage]) -> anyhow::Result<Vec<Vec<f32>>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let size = self.network.spec.image_size;
+        let inputs: Vec<Vec<f32>> = images.iter().map(|img| preprocess::eval_transform(img, size)).collect();
+        let x = preprocess::to_tensor(&inputs, size, self.network.device())?;
+        let logits = self.network.forward_t(&x, false)?;
+        let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        Ok(probs.to_device(&Device::Cpu)?.to_vec2()?)
+    }
+}
+
+/// Loads a model file for the sorter (CPU).
+pub fn load_classifier(path: &Path) -> anyhow::Result<Box<dyn Classifier + Send>> {
+    Ok(Box::new(ModelClassifier::load(path, &Device::Cpu)?))
+}

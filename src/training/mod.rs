@@ -1,0 +1,9 @@
+//! Training and evaluation: data, optimiser, the epoch loop, metrics.
+
+pub mod data;
+pub mod eval;
+pub mod sgd;
+pub mod trainer;
+
+pub use eval::{evaluate, EvalReport};
+pub use trainer::{TrainConfig, Trainer};
