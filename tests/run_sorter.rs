@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use embedded_hal::pwm::{ErrorType, SetDutyCycle};
 use smartbin::actuation::servo::pulse_us;
-use smartbin::actuation::{sim_actuator, Actuator, ServoActuator, SimClock, SimLog};
+use smartbin::actuation::{sim_actuator, Actuator, ServoActuator, SimLog};
+use smartbin::clock::SimClock;
 use smartbin::clock::Clock;
 use smartbin::config::Config;
 use smartbin::decision::DecisionPolicy;

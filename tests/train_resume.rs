@@ -19,9 +19,11 @@ fn config(data: &std::path::Path, save: &std::path::Path, epochs: usize) -> Trai
         lr_step: 2,
         seed: 7,
         image_size: 32,
+        min_crop_scale: 0.08,
         data: data.into(),
         save_dir: save.into(),
         limit: None,
+        pretrained: None,
     }
 }
 

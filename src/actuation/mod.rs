@@ -18,7 +18,7 @@ pub mod servo;
 pub mod sim;
 
 pub use servo::{Servo, ServoMove, PERIOD_US};
-pub use sim::{sim_actuator, SimClock, SimLog, SimPwm};
+pub use sim::{sim_actuator, SimLog, SimPwm};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActuationError {
@@ -196,6 +196,7 @@ impl<P: SetDutyCycle> Actuator for ServoActuator<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SimClock;
     use crate::config::Config;
     use embedded_hal_mock::eh1::pwm::{Mock, Transaction};
     use embedded_hal_mock::eh1::MockError;

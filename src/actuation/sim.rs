@@ -2,7 +2,7 @@
 //! and a virtual clock so a simulated run (or a test) does not wait for servos.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use embedded_hal::pwm::{ErrorType, SetDutyCycle};
 
@@ -99,55 +99,12 @@ pub fn sim_actuator(
     Ok((ServoActuator::new(config, pwms, clock)?, log))
 }
 
-/// A clock that only moves when slept on or advanced: sleeping returns at once.
-/// Wall time starts at 2023-11-14T22:13:20Z so timestamps are reproducible.
-#[derive(Debug)]
-pub struct SimClock {
-    start: Instant,
-    wall_start: SystemTime,
-    elapsed: Mutex<Duration>,
-}
-
-impl SimClock {
-    pub fn new() -> Self {
-        SimClock {
-            start: Instant::now(),
-            wall_start: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-            elapsed: Mutex::new(Duration::ZERO),
-        }
-    }
-
-    pub fn advance(&self, d: Duration) {
-        *self.elapsed.lock().expect("sim clock poisoned") += d;
-    }
-
-    /// Virtual time since creation.
-    pub fn elapsed(&self) -> Duration {
-        *self.elapsed.lock().expect("sim clock poisoned")
-    }
-}
-
-impl Default for SimClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for SimClock {
-    fn now(&self) -> Instant {
-        self.start + self.elapsed()
-    }
-    fn wall(&self) -> SystemTime {
-        self.wall_start + self.elapsed()
-    }
-    fn sleep(&self, d: Duration) {
-        self.advance(d)
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SimClock;
+    use std::time::Duration;
     use crate::actuation::Actuator;
     use crate::config::Config;
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 pub mod eval;
 pub mod model_info;
 pub mod predict;
+pub mod quantize;
 pub mod run;
 pub mod train;
 
@@ -28,6 +29,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Print an architecture's parameter count.
     ModelInfo(model_info::ModelInfoArgs),
+    /// Rewrite a model file in a smaller number format for the bin.
+    Quantize(quantize::QuantizeArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -37,5 +40,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => eval::main(a),
         Command::Predict(a) => predict::main(a),
         Command::ModelInfo(a) => model_info::main(a),
+        Command::Quantize(a) => quantize::main(a),
     }
 }

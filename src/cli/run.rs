@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::actuation::{sim_actuator, Actuator};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SimClock, SystemClock};
 use crate::config::{ActuationConfig, ActuatorBackend, Config};
 use crate::decision::DecisionPolicy;
 use crate::sorter::{install_stop_signals, EventLog, Sorter};
@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// Event log (JSON lines), overriding [log] events
     #[arg(long, value_name = "PATH")]
     pub events: Option<PathBuf>,
+    /// Simulated servos wait the real settle and dwell times (default: simulated
+    /// time, so a replay runs as fast as the classifier)
+    #[arg(long)]
+    pub realtime: bool,
     /// Stop after N items (unreadable frames count too)
     #[arg(long, value_name = "N")]
     pub max_items: Option<u64>,
@@ -54,13 +58,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    if config.model.device != "cpu" {
-        log::warn!(
-            "model.device = {} is not passed to the model loader yet; it picks the device itself",
-            config.model.device
-        );
-    }
-    let mut classifier = crate::model::load_classifier(&config.model.path).with_context(|| {
+    let mut classifier = crate::model::load_classifier(&config.model.path, &config.model.device).with_context(|| {
         format!(
             "loading model {} (set [model] path in the config or pass --model)",
             config.model.path.display()
@@ -69,7 +67,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
     let policy = DecisionPolicy::from_config(&config.decision);
     warn_about_coverage(&policy, classifier.class_names());
 
-    let mut actuator = build_actuator(&config.actuation, clock.clone())?;
+    let mut actuator = build_actuator(&config.actuation, clock.clone(), args.realtime)?;
     let events = EventLog::open(&config.log.events)?;
     log::info!("event log: {} (next id {})", events.path().display(), events.next_id());
 
@@ -118,9 +116,12 @@ fn load_config(args: &RunArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn build_actuator(config: &ActuationConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Box<dyn Actuator>> {
+fn build_actuator(config: &ActuationConfig, clock: Arc<dyn Clock>, realtime: bool) -> anyhow::Result<Box<dyn Actuator>> {
     match config.backend {
         ActuatorBackend::Sim => {
+            // Simulated servos need not wait for real: their moves are timed on a
+            // virtual clock unless asked to mimic the bin's pace.
+            let clock = if realtime { clock } else { Arc::new(SimClock::new()) as Arc<dyn Clock> };
             // The sim's record is only for tests; in a run the per-move log lines
             // are the output.
             let (actuator, _record) = sim_actuator(config, clock)?;

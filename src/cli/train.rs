@@ -46,6 +46,9 @@ pub struct TrainArgs {
     /// Square input size; smaller trains faster [default: 224]
     #[arg(long)]
     pub image_size: Option<u32>,
+    /// Smallest crop area fraction of RandomResizedCrop [default: 0.08]
+    #[arg(long)]
+    pub min_crop_scale: Option<f64>,
     /// Where checkpoint.safetensors, model_best.safetensors and metrics.csv go [default: save]
     #[arg(long)]
     pub save_dir: Option<PathBuf>,
@@ -55,10 +58,11 @@ pub struct TrainArgs {
     /// Continue from a checkpoint.safetensors.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Train from scratch (the default while no ImageNet weights are imported).
+    /// Train from scratch (the default: no ImageNet weights ship with smartbin).
     #[arg(long, conflicts_with = "pretrained")]
     pub no_pretrain: bool,
-    /// Start from ImageNet weights (importing them arrives with the transfer-learning work).
+    /// Start from these weights: safetensors with torchvision names (e.g. timm's
+    /// resnet18.tv_in1k). Head and attention start fresh.
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
     /// cpu or cuda:N.
@@ -84,9 +88,11 @@ fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             lr_step: 40,
             seed: 1234,
             image_size: 224,
+            min_crop_scale: crate::preprocess::DEFAULT_MIN_CROP_SCALE,
             data: args.data.clone(),
             save_dir: "save".into(),
             limit: None,
+            pretrained: None,
         },
     };
     Ok(TrainConfig {
@@ -101,16 +107,15 @@ fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         lr_step: args.lr_step.unwrap_or(base.lr_step),
         seed: args.seed.unwrap_or(base.seed),
         image_size: args.image_size.unwrap_or(base.image_size),
+        min_crop_scale: args.min_crop_scale.unwrap_or(base.min_crop_scale),
         data: args.data.clone(),
         save_dir: args.save_dir.clone().unwrap_or(base.save_dir),
         limit: args.limit.or(base.limit),
+        pretrained: if args.no_pretrain { None } else { args.pretrained.clone().or(base.pretrained) },
     })
 }
 
 pub fn main(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    if let Some(path) = &args.pretrained {
-        bail!("--pretrained {}: importing ImageNet weights is not implemented yet; train with --no-pretrain", path.display());
-    }
     let config = recipe(&args)?;
     if config.batch_size == 0 || config.image_size < 32 || config.lr_step == 0 {
         bail!("--batch-size and --lr-step must be positive and --image-size at least 32");

@@ -43,15 +43,34 @@ pub fn save(
     optim: &BTreeMap<String, Tensor>,
     extra_meta: &[(&str, String)],
 ) -> anyhow::Result<()> {
+    let weights: BTreeMap<String, Tensor> =
+        network.store.params().into_iter().map(|(name, p)| (name, p.var.as_tensor().clone())).collect();
+    let mut meta = HashMap::from([(META_SPEC.to_string(), serde_json::to_string(&network.spec)?)]);
+    meta.extend(extra_meta.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    write(path, &weights, dtype, optim, meta)
+}
+
+/// Rewrites a model file's weights in `dtype`, dropping optimiser state (a smaller file
+/// for the bin). Metadata, class names included, is kept.
+pub fn convert(input: &Path, output: &Path, dtype: DType) -> anyhow::Result<()> {
+    let ckpt = read(input, &Device::Cpu)?;
+    write(output, &ckpt.weights, dtype, &BTreeMap::new(), ckpt.metadata)
+}
+
+fn write(
+    path: &Path,
+    weights: &BTreeMap<String, Tensor>,
+    dtype: DType,
+    optim: &BTreeMap<String, Tensor>,
+    meta: HashMap<String, String>,
+) -> anyhow::Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    for (name, p) in network.store.params() {
-        tensors.push((name, p.var.as_tensor().to_dtype(dtype)?.to_device(&Device::Cpu)?));
+    for (name, t) in weights {
+        tensors.push((name.clone(), t.to_dtype(dtype)?.to_device(&Device::Cpu)?));
     }
     for (name, t) in optim {
         tensors.push((format!("{OPTIM_PREFIX}{name}"), t.to_device(&Device::Cpu)?));
     }
-    let mut meta = HashMap::from([(META_SPEC.to_string(), serde_json::to_string(&network.spec)?)]);
-    meta.extend(extra_meta.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))?;
     crate::util::write_atomic(path, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
@@ -117,6 +136,24 @@ mod tests {
         let a: Vec<f32> = net.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = loaded.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn f16_conversion_halves_the_file_and_keeps_predictions_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let (full, half) = (dir.path().join("f32.safetensors"), dir.path().join("f16.safetensors"));
+        let net = tiny(6);
+        save(&full, &net, DType::F32, &BTreeMap::new(), &[]).unwrap();
+        convert(&full, &half, DType::F16).unwrap();
+        let ratio = std::fs::metadata(&half).unwrap().len() as f64 / std::fs::metadata(&full).unwrap().len() as f64;
+        assert!(ratio < 0.55, "f16 file is {ratio:.2} of f32");
+        let (loaded, _) = load_network(&half, &Device::Cpu).unwrap();
+        assert_eq!(loaded.spec.classes, net.spec.classes);
+        let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let a = net.forward_t(&x, false).unwrap();
+        let b = loaded.forward_t(&x, false).unwrap();
+        let diff: f32 = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+        assert!(diff < 1e-2, "f16 logits differ by {diff}");
     }
 
     #[test]

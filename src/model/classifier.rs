@@ -36,7 +36,7 @@ impl Classifier for ModelClassifier {
     }
 }
 
-/// Loads a model file for the sorter (CPU).
-pub fn load_classifier(path: &Path) -> anyhow::Result<Box<dyn Classifier + Send>> {
-    Ok(Box::new(ModelClassifier::load(path, &Device::Cpu)?))
+/// Loads a model file for the sorter on `device` (`cpu`, `cuda`, `cuda:N`).
+pub fn load_classifier(path: &Path, device: &str) -> anyhow::Result<Box<dyn Classifier + Send>> {
+    Ok(Box::new(ModelClassifier::load(path, &super::parse_device(device)?)?))
 }

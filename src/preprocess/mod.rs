@@ -14,7 +14,8 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// torchvision's RandomResizedCrop defaults: area fraction and aspect-ratio range.
-const CROP_SCALE: (f64, f64) = (0.08, 1.0);
+/// torchvision's `RandomResizedCrop` scale range (0.08, 1) lower end.
+pub const DEFAULT_MIN_CROP_SCALE: f64 = 0.08;
 const CROP_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
 /// How many random crops RandomResizedCrop tries before falling back to a centre crop.
 const CROP_ATTEMPTS: usize = 10;
@@ -54,11 +55,17 @@ pub fn eval_transform(img: &RgbImage, size: u32) -> Vec<f32> {
 /// `RandomHorizontalFlip()` + `Normalize`), drawing all randomness from `rng`
 /// so that a seeded generator reproduces the same image.
 pub fn train_transform(img: &RgbImage, size: u32, rng: &mut impl Rng) -> Vec<f32> {
+    train_transform_scaled(img, size, DEFAULT_MIN_CROP_SCALE, rng)
+}
+
+/// [`train_transform`] with crops covering at least `min_scale` of the image area.
+/// Short from-scratch runs converge faster with gentler crops than torchvision's 0.08.
+pub fn train_transform_scaled(img: &RgbImage, size: u32, min_scale: f64, rng: &mut impl Rng) -> Vec<f32> {
     assert!(size > 0, "train_transform: size must be positive");
     if img.width() == 0 || img.height() == 0 {
         return normalise(&RgbImage::new(size, size), false);
     }
-    let crop = random_resized_crop(img.width(), img.height(), rng);
+    let crop = random_resized_crop(img.width(), img.height(), min_scale, rng);
     let view = imageops::crop_imm(img, crop.x, crop.y, crop.width, crop.height);
     let square = imageops::resize(&*view, size, size, FilterType::Triangle);
     let flip = rng.random_bool(0.5);
@@ -109,11 +116,12 @@ fn centre_crop(width: u32, height: u32, size: u32) -> Rect {
 /// torchvision's `RandomResizedCrop.get_params` with scale (0.08, 1) and ratio (3/4, 4/3):
 /// up to ten tries at a random area fraction and log-uniform aspect ratio, then a
 /// centre crop with the aspect ratio clamped into range.
-fn random_resized_crop(width: u32, height: u32, rng: &mut impl Rng) -> Rect {
+fn random_resized_crop(width: u32, height: u32, min_scale: f64, rng: &mut impl Rng) -> Rect {
     let area = f64::from(width) * f64::from(height);
     let (log_lo, log_hi) = (CROP_RATIO.0.ln(), CROP_RATIO.1.ln());
     for _ in 0..CROP_ATTEMPTS {
-        let target_area = area * rng.random_range(CROP_SCALE.0..CROP_SCALE.1);
+        let fraction = if min_scale >= 1.0 { 1.0 } else { rng.random_range(min_scale.max(0.0)..1.0) };
+        let target_area = area * fraction;
         let aspect = rng.random_range(log_lo..log_hi).exp();
         // Python's round() rounds half to even.
         let w = (target_area * aspect).sqrt().round_ties_even() as u64;
@@ -297,14 +305,14 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         for (w, h) in [(1, 1), (1, 7), (7, 1), (2, 3), (5, 5), (13, 9), (512, 384), (1000, 3)] {
             for _ in 0..500 {
-                let r = random_resized_crop(w, h, &mut rng);
+                let r = random_resized_crop(w, h, DEFAULT_MIN_CROP_SCALE, &mut rng);
                 assert!(r.width >= 1 && r.height >= 1, "{w}x{h}: {r:?}");
                 assert!(r.x + r.width <= w && r.y + r.height <= h, "{w}x{h}: {r:?}");
             }
         }
         // On a normal photo the crops respect the area and ratio limits (up to rounding).
         for _ in 0..500 {
-            let r = random_resized_crop(512, 384, &mut rng);
+            let r = random_resized_crop(512, 384, DEFAULT_MIN_CROP_SCALE, &mut rng);
             let frac = f64::from(r.width * r.height) / (512.0 * 384.0);
             let ratio = f64::from(r.width) / f64::from(r.height);
             assert!((0.07..=1.0).contains(&frac), "{r:?}");

@@ -296,7 +296,8 @@ fn ms_since(clock: &dyn Clock, start: Instant) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actuation::{ServoMove, SimClock};
+    use crate::actuation::ServoMove;
+    use crate::clock::SimClock;
     use crate::source::ReplayTrigger;
     use std::path::Path;
 

@@ -170,7 +170,7 @@ fn decode(path: &Path) -> Result<image::RgbImage, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actuation::sim::SimClock;
+    use crate::clock::SimClock;
 
     fn write_image(dir: &Path, name: &str, value: u8) {
         let img = image::RgbImage::from_pixel(8, 8, image::Rgb([value, value, value]));

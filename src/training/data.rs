@@ -19,7 +19,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use crate::preprocess::{eval_transform, shorter_side_to, train_transform};
+use crate::preprocess::{eval_transform, shorter_side_to, train_transform_scaled, DEFAULT_MIN_CROP_SCALE};
 
 /// TrashNet's classes in the order of its 1-based split-file indices.
 pub const TRASHNET_CLASSES: [&str; 6] = ["glass", "paper", "cardboard", "plastic", "metal", "trash"];
@@ -370,7 +370,8 @@ impl Batch {
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     size: u32,
-    augment: bool,
+    /// `Some(min area fraction)` for random crops, `None` for the eval transform.
+    augment: Option<f64>,
     seed: u64,
     epoch: u64,
 }
@@ -386,7 +387,7 @@ pub struct EpochBatches {
 }
 
 /// The batches of one epoch over `cache`: shuffled (if `shuffle`) and augmented
-/// with [`train_transform`] (if `augment`, else [`eval_transform`]). Order and
+/// with [`crate::preprocess::train_transform`] (if `augment`, else [`eval_transform`]). Order and
 /// augmentation depend only on `(seed, epoch, sample index)`. The last batch may
 /// be smaller than `batch_size`.
 pub fn epoch_batches(
@@ -415,9 +416,28 @@ pub fn epoch_batches_from(
     epoch: usize,
     first_batch: usize,
 ) -> EpochBatches {
+    let augment = augment.then_some(DEFAULT_MIN_CROP_SCALE);
+    batches_for(cache, batch_size, shuffle, first_batch, Plan { size, augment, seed, epoch: epoch as u64 })
+}
+
+/// A training epoch: shuffled, with random crops covering at least `min_crop_scale`
+/// of the image area (torchvision's default is 0.08).
+pub fn training_batches(
+    cache: &ImageCache,
+    batch_size: usize,
+    size: u32,
+    min_crop_scale: f64,
+    seed: u64,
+    epoch: usize,
+) -> EpochBatches {
+    let plan = Plan { size, augment: Some(min_crop_scale), seed, epoch: epoch as u64 };
+    batches_for(cache, batch_size, true, 0, plan)
+}
+
+fn batches_for(cache: &ImageCache, batch_size: usize, shuffle: bool, first_batch: usize, plan: Plan) -> EpochBatches {
     assert!(batch_size > 0, "epoch_batches: batch_size must be positive");
-    assert!(size > 0, "epoch_batches: size must be positive");
-    let plan = Plan { size, augment, seed, epoch: epoch as u64 };
+    assert!(plan.size > 0, "epoch_batches: size must be positive");
+    let seed = plan.seed;
     let order = epoch_order(cache.len(), shuffle, seed, plan.epoch);
     let chunks: Vec<Vec<usize>> = order.chunks(batch_size).skip(first_batch).map(<[usize]>::to_vec).collect();
     let remaining = chunks.len();
@@ -463,9 +483,9 @@ fn make_batch(images: &[RgbImage], labels: &[u32], indices: Vec<usize>, plan: Pl
 /// One image's transform; with augmentation its RNG is seeded from
 /// (seed, epoch, index) alone, so the result does not depend on which thread runs it.
 fn transform_one(image: &RgbImage, index: usize, plan: Plan) -> Vec<f32> {
-    if plan.augment {
+    if let Some(min_scale) = plan.augment {
         let mut rng = StdRng::seed_from_u64(derive_seed(&[plan.seed, plan.epoch, STREAM_AUGMENT, index as u64]));
-        train_transform(image, plan.size, &mut rng)
+        train_transform_scaled(image, plan.size, min_scale, &mut rng)
     } else {
         eval_transform(image, plan.size)
     }

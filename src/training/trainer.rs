@@ -1,6 +1,6 @@
 //! The epoch loop: train, validate, checkpoint, resume.
 
-use super::data::{epoch_batches, load_split, ImageCache, Split};
+use super::data::{load_split, training_batches, ImageCache, Split};
 use super::eval::{evaluate, EvalReport};
 use super::sgd::Sgd;
 use crate::model::{checkpoint, Arch, AttentionKind, GateMix, ModelSpec, Network};
@@ -32,10 +32,20 @@ pub struct TrainConfig {
     pub lr_step: usize,
     pub seed: u64,
     pub image_size: u32,
+    /// Smallest area fraction of RandomResizedCrop (torchvision: 0.08).
+    #[serde(default = "default_min_crop_scale")]
+    pub min_crop_scale: f64,
     pub data: PathBuf,
     pub save_dir: PathBuf,
     /// Use at most this many training images (quick experiments and tests).
     pub limit: Option<usize>,
+    /// Initial weights (safetensors, torchvision names); `None` trains from scratch.
+    #[serde(default)]
+    pub pretrained: Option<PathBuf>,
+}
+
+fn default_min_crop_scale() -> f64 {
+    crate::preprocess::DEFAULT_MIN_CROP_SCALE
 }
 
 impl TrainConfig {
@@ -103,6 +113,12 @@ impl Trainer {
             optim = ckpt.optim;
             network = loaded;
             log::info!("resuming {} after epoch {}", path.display(), state.epoch);
+        } else if let Some(path) = &config.pretrained {
+            let r = super::pretrained::load_pretrained(&network, path)?;
+            log::info!(
+                "pretrained {}: {} tensors loaded, {} new (e.g. attention), {} ignored, head re-initialised: {}",
+                path.display(), r.loaded.len(), r.missing.len(), r.ignored.len(), !r.new_head.is_empty()
+            );
         }
         let mut sgd = Sgd::new(network.store.trainable(), config.momentum, config.weight_decay);
         sgd.load_state(&optim);
@@ -137,7 +153,8 @@ impl Trainer {
         let bar = progress_bar(self.train.len(), epoch + 1, self.config.epochs);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let device = self.network.device().clone();
-        let batches = epoch_batches(&self.train, self.config.batch_size, self.config.image_size, true, true, self.config.seed, epoch);
+        let c = &self.config;
+        let batches = training_batches(&self.train, c.batch_size, c.image_size, c.min_crop_scale, c.seed, epoch);
         for batch in batches {
             let x = batch.images_tensor(&device)?;
             let y = batch.labels_tensor(&device)?;
@@ -260,8 +277,8 @@ mod tests {
     fn learning_rate_steps_down_tenfold() {
         let c = TrainConfig {
             arch: Arch::Resnet18, att: AttentionKind::Ours, att_mix: GateMix::Sum, epochs: 100, batch_size: 16,
-            lr: 2e-4, momentum: 0.9, weight_decay: 1e-4, lr_step: 40, seed: 1, image_size: 224,
-            data: "d".into(), save_dir: "s".into(), limit: None,
+            lr: 2e-4, momentum: 0.9, weight_decay: 1e-4, lr_step: 40, seed: 1, image_size: 224, min_crop_scale: 0.08,
+            data: "d".into(), save_dir: "s".into(), limit: None, pretrained: None,
         };
         assert_eq!(c.lr_at(0), 2e-4);
         assert!((c.lr_at(39) - 2e-4).abs() < 1e-12);
