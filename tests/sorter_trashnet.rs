@@ -106,5 +106,8 @@ fn run_sorts_real_photos_with_simulated_servos() {
     }
     // A model above 70% top-1 puts well over half of 24 photos in the right bin.
     assert!(correct_bins >= 14, "only {correct_bins}/24 in the right bin");
-    assert!(stderr.contains("999-corrupt.jpg"), "the corrupt file is reported: {stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains("999-corrupt.jpg") && l.contains("truncated")),
+        "the corrupt file is reported with its reason: {stderr}"
+    );
 }

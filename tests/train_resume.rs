@@ -76,9 +76,11 @@ fn train_then_eval_and_predict_through_the_binary() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["n"], 12);
-    let top1 = report["top1"].as_f64().unwrap();
-    assert!((0.0..=100.0).contains(&top1));
-    assert_eq!(report["confusion"].as_array().unwrap().len(), 6);
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(report["confusion"].clone()).unwrap();
+    assert_eq!(confusion.len(), 6);
+    let (total, correct): (u64, u64) = (confusion.iter().flatten().sum(), (0..6).map(|i| confusion[i][i]).sum());
+    assert_eq!(total, 12);
+    assert!((report["top1"].as_f64().unwrap() - 100.0 * correct as f64 / 12.0).abs() < 1e-9);
     assert!(report["per_class"]["glass"].is_number());
 
     // predict: one good image, one corrupt: the good one is still classified, exit non-zero.

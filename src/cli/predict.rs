@@ -27,9 +27,9 @@ pub fn main(args: PredictArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for path in &args.images {
         // One unreadable file must not stop the others.
-        let result = image::open(path)
-            .map_err(anyhow::Error::from)
-            .and_then(|img| model.classify(&[img.to_rgb8()]));
+        let result = crate::preprocess::decode_file(path)
+            .map_err(anyhow::Error::msg)
+            .and_then(|img| model.classify(&[img]));
         match result {
             Ok(probs) => print_prediction(path, &top_k(model.class_names(), &probs[0], 3), args.json),
             Err(err) => {

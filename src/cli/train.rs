@@ -10,9 +10,10 @@ use std::process::ExitCode;
 /// default, or with `--resume` the value stored in the checkpoint.
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// TrashNet root (holds dataset-resized/ and splits/).
-    #[arg(long, default_value = "../shared/trashnet")]
-    pub data: PathBuf,
+    /// TrashNet root (holds dataset-resized/ and splits/) [default: ../shared/trashnet,
+    /// or with --resume the one the run started with]
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// [default: resnet18]
     #[arg(long, value_enum)]
     pub arch: Option<Arch>,
@@ -89,7 +90,7 @@ fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             seed: 1234,
             image_size: 224,
             min_crop_scale: crate::preprocess::DEFAULT_MIN_CROP_SCALE,
-            data: args.data.clone(),
+            data: "../shared/trashnet".into(),
             save_dir: "save".into(),
             limit: None,
             pretrained: None,
@@ -108,7 +109,7 @@ fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         seed: args.seed.unwrap_or(base.seed),
         image_size: args.image_size.unwrap_or(base.image_size),
         min_crop_scale: args.min_crop_scale.unwrap_or(base.min_crop_scale),
-        data: args.data.clone(),
+        data: args.data.clone().unwrap_or(base.data),
         save_dir: args.save_dir.clone().unwrap_or(base.save_dir),
         limit: args.limit.or(base.limit),
         pretrained: if args.no_pretrain { None } else { args.pretrained.clone().or(base.pretrained) },
@@ -116,18 +117,17 @@ fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
 }
 
 pub fn main(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    if args.evaluate {
+        let Some(model) = args.resume.clone() else { bail!("-e/--evaluate needs --resume PATH (the model to evaluate)") };
+        let data = args.data.clone().unwrap_or_else(|| "../shared/trashnet".into());
+        let eval = super::eval::EvalArgs { model, data, split: Split::Test, device: args.device.clone(), batch_size: 32, json: false };
+        return super::eval::main(eval);
+    }
     let config = recipe(&args)?;
     if config.batch_size == 0 || config.image_size < 32 || config.lr_step == 0 {
         bail!("--batch-size and --lr-step must be positive and --image-size at least 32");
     }
     let device = parse_device(&args.device)?;
-    if args.evaluate {
-        let Some(path) = &args.resume else { bail!("-e/--evaluate needs --resume PATH (the model to evaluate)") };
-        let (network, _) = crate::model::checkpoint::load_network(path, &device)?;
-        let cache = crate::training::trainer::split_cache(&config.data, Split::Test, crate::preprocess::eval_resize_side(network.spec.image_size), None)?;
-        println!("{}", crate::training::evaluate(&network, &cache, 32)?);
-        return Ok(ExitCode::SUCCESS);
-    }
     log::info!("training {} + {:?} on {}: {config:?}", config.arch, config.att, args.device);
     let mut trainer = Trainer::new(config, &device, args.resume.as_deref())?;
     let state = trainer.run()?;

@@ -85,6 +85,9 @@ pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
     let not_ours = |reason: String| CheckpointError::NotSmartbin { path: path.into(), reason };
     let spec_json = metadata.get(META_SPEC).ok_or_else(|| not_ours("metadata key missing".into()))?;
     let spec: ModelSpec = serde_json::from_str(spec_json).map_err(|e| not_ours(format!("bad spec: {e}")))?;
+    if spec.classes.is_empty() || !(16..=2048).contains(&spec.image_size) {
+        return Err(not_ours(format!("implausible spec: {} classes, image size {}", spec.classes.len(), spec.image_size)));
+    }
     let (mut weights, mut optim) = (BTreeMap::new(), BTreeMap::new());
     for (name, view) in st.tensors() {
         let t = view.load(device).map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;

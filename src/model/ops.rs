@@ -357,16 +357,12 @@ mod tests {
         let plain = max_pool2d(&x, 2, 2, 0).unwrap();
         let reference = x.max_pool2d_with_stride(2, 2).unwrap();
         assert!(max_diff(&plain, &reference) < 1e-7);
-        // Gradient: each output's gradient lands on its window's maximum; the total is kept.
+        // Gradient: each output's gradient lands on one input cell, so the total is kept
+        // (where it lands is checked against finite differences below).
         let grads = y.sum_all().unwrap().backward().unwrap();
         let gx = grads.get(&x).unwrap();
         let total: f32 = gx.sum_all().unwrap().to_scalar().unwrap();
         assert!((total - y.elem_count() as f32).abs() < 1e-4);
-        let nonzero_where_max = (gx.gt(0.0).unwrap().to_dtype(candle_core::DType::F32).unwrap()
-            * x.broadcast_sub(&y.max_keepdim(3).unwrap().max_keepdim(2).unwrap()).unwrap())
-        .unwrap();
-        // Every cell that received gradient is at most the plane's max.
-        assert!(nonzero_where_max.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() <= 1e-6);
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! Every transform returns one image as CHW `f32` (`3 * size * size` values),
 //! normalised with the ImageNet mean and standard deviation.
 
+pub mod decode;
+pub use decode::decode_file;
+
 use image::imageops::{self, FilterType};
 use image::RgbImage;
 use rand::Rng;

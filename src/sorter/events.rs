@@ -38,7 +38,8 @@ pub struct Event {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_ms: Option<f64>,
-    /// From frames in hand to servos back home (includes settle and dwell waits).
+    /// From frames in hand to servos back home. With simulated servos on virtual
+    /// time (`run` without `--realtime`) their settle and dwell waits are not in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -104,7 +104,7 @@ impl FrameSource for ImageDirSource {
         self.next += 1;
         self.wait_for_rate();
         let origin = path.display().to_string();
-        let image = decode(&path).map_err(|reason| SourceError::BadFrame {
+        let image = crate::preprocess::decode_file(&path).map_err(|reason| SourceError::BadFrame {
             origin: origin.clone(),
             reason,
         })?;
@@ -156,15 +156,6 @@ fn list_images(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
     Ok(files)
-}
-
-/// Decodes by content, not extension, so a PNG saved as `.jpg` still works.
-fn decode(path: &Path) -> Result<image::RgbImage, String> {
-    let reader = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| e.to_string())?;
-    let image = reader.decode().map_err(|e| e.to_string())?;
-    Ok(image.to_rgb8())
 }
 
 #[cfg(test)]

@@ -312,13 +312,7 @@ fn progress_bar(len: usize) -> indicatif::ProgressBar {
 
 /// Reads, decodes and downscales one image; the error is a message for the user.
 fn decode_scaled(path: &Path, cache_side: u32) -> Result<RgbImage, String> {
-    let reader =
-        image::ImageReader::open(path).map_err(|e| e.to_string())?.with_guessed_format().map_err(|e| e.to_string())?;
-    let image = reader.decode().map_err(|e| e.to_string())?.into_rgb8();
-    if image.width() == 0 || image.height() == 0 {
-        return Err("image has no pixels".to_string());
-    }
-    Ok(downscale(image, cache_side))
+    Ok(downscale(crate::preprocess::decode_file(path)?, cache_side))
 }
 
 /// Shrinks `image` so its shorter side is `side` (never enlarges it). Uses the

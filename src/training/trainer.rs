@@ -1,7 +1,7 @@
 //! The epoch loop: train, validate, checkpoint, resume.
 
 use super::data::{load_split, training_batches, ImageCache, Split};
-use super::eval::{evaluate, EvalReport};
+use super::eval::evaluate;
 use super::sgd::Sgd;
 use crate::model::{checkpoint, Arch, AttentionKind, GateMix, ModelSpec, Network};
 use anyhow::{bail, Context};
@@ -53,10 +53,12 @@ impl TrainConfig {
         self.lr * 0.1f64.powi((epoch / self.lr_step.max(1)) as i32)
     }
 
-    /// Decoded images are kept at twice the training size, enough detail for the
-    /// random crops without holding every photo at full resolution.
+    /// Decoded images are kept just large enough that the smallest random crop
+    /// (`min_crop_scale` of the area) still has `image_size` pixels across, so crops
+    /// are never upsampled from a shrunken copy; never below the eval resize.
     fn cache_side(&self) -> u32 {
-        (self.image_size * 2).max(crate::preprocess::eval_resize_side(self.image_size))
+        let for_crops = (self.image_size as f64 / self.min_crop_scale.max(1e-3).sqrt()).ceil() as u32;
+        for_crops.max(crate::preprocess::eval_resize_side(self.image_size))
     }
 }
 
@@ -111,6 +113,9 @@ impl Trainer {
             }
             state = serde_json::from_str(ckpt.metadata.get(META_STATE).context("checkpoint has no training state")?)?;
             optim = ckpt.optim;
+            if optim.is_empty() && state.epoch > 0 && config.momentum != 0.0 {
+                log::warn!("{} holds no optimiser state (a model_best file?): momentum restarts from zero; resume from checkpoint.safetensors to continue exactly", path.display());
+            }
             network = loaded;
             log::info!("resuming {} after epoch {}", path.display(), state.epoch);
         } else if let Some(path) = &config.pretrained {
@@ -203,13 +208,6 @@ impl Trainer {
         Ok(())
     }
 
-    /// Evaluates the current network on a split of the run's data set.
-    pub fn evaluate_split(&self, split: Split) -> anyhow::Result<EvalReport> {
-        match split {
-            Split::Val => evaluate(&self.network, &self.val, 32),
-            other => evaluate(&self.network, &split_cache(&self.config.data, other, self.config.cache_side(), None)?, 32),
-        }
-    }
 }
 
 fn load_data(config: &TrainConfig) -> anyhow::Result<(ImageCache, ImageCache)> {
