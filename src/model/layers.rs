@@ -42,18 +42,25 @@ pub struct BatchNorm2d {
     bias: Tensor,
     running_mean: Var,
     running_var: Var,
+    eps: f64,
 }
 
+/// PyTorch's default; TensorFlow-born weights (EfficientNet) use 1e-3.
 const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
 
 impl BatchNorm2d {
     pub fn new(s: &Scope, c: usize) -> Result<Self> {
+        Self::with_eps(s, c, BN_EPS)
+    }
+
+    pub fn with_eps(s: &Scope, c: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: s.param(c, "weight", Init::Const(1.0))?,
             bias: s.param(c, "bias", Init::Const(0.0))?,
             running_mean: Var::from_tensor(&s.buffer(c, "running_mean", 0.0)?)?,
             running_var: Var::from_tensor(&s.buffer(c, "running_var", 1.0)?)?,
+            eps,
         })
     }
 
@@ -62,7 +69,7 @@ impl BatchNorm2d {
         let per_channel = |t: &Tensor| t.reshape((1, (), 1, 1));
         if !train {
             // Folded into one scale and shift: two passes over x instead of four.
-            let scale = (&self.weight / (self.running_var.as_tensor() + BN_EPS)?.sqrt()?)?;
+            let scale = (&self.weight / (self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
             let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
             return x.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?);
         }
@@ -71,14 +78,14 @@ impl BatchNorm2d {
         if x.device().is_cpu() {
             let stats = super::batchnorm_op::batch_stats(x)?;
             let params = Tensor::cat(&[&stats, &self.weight.unsqueeze(0)?, &self.bias.unsqueeze(0)?], 0)?;
-            let y = x.contiguous()?.apply_op2(&params, super::batchnorm_op::BatchNormTrain { eps: BN_EPS as f32 })?;
+            let y = x.contiguous()?.apply_op2(&params, super::batchnorm_op::BatchNormTrain { eps: self.eps as f32 })?;
             self.update_running(&stats.get(0)?, &stats.get(1)?, count)?;
             return Ok(y);
         }
         let mean = x.mean_keepdim((0, 2, 3))?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
-        let inv_std = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
+        let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
         let scale = inv_std.broadcast_mul(&per_channel(&self.weight)?)?;
         let y = centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)?;
         self.update_running(&mean.detach().flatten_all()?, &var.detach().flatten_all()?, count)?;

@@ -14,6 +14,8 @@ pub mod attention;
 mod batchnorm_op;
 pub mod checkpoint;
 pub mod classifier;
+mod depthwise;
+pub mod efficientnet;
 pub mod layers;
 pub mod ops;
 pub mod params;
@@ -44,25 +46,41 @@ pub struct ModelSpec {
     pub image_size: u32,
 }
 
+/// The convolutional body and head, by architecture family.
+#[derive(Debug, Clone)]
+pub enum Backbone {
+    ResNet(resnet::ResNet),
+    EfficientNet(efficientnet::EfficientNet),
+}
+
 /// A network with its parameters.
 #[derive(Debug, Clone)]
 pub struct Network {
     pub spec: ModelSpec,
     pub store: ParamStore,
-    pub resnet: resnet::ResNet,
+    pub backbone: Backbone,
 }
 
 impl Network {
     /// A freshly initialised network; `seed` fixes the initial weights.
     pub fn new(spec: ModelSpec, device: &Device, seed: u64) -> candle_core::Result<Self> {
         let store = ParamStore::new(device, seed);
-        let resnet = resnet::ResNet::new(&store.root(), spec.arch, spec.att, spec.att_mix, spec.classes.len())?;
-        Ok(Self { spec, store, resnet })
+        let (root, classes) = (store.root(), spec.classes.len());
+        let backbone = match spec.arch {
+            Arch::EfficientnetLite0 => {
+                Backbone::EfficientNet(efficientnet::EfficientNet::lite0(&root, spec.att, spec.att_mix, classes)?)
+            }
+            arch => Backbone::ResNet(resnet::ResNet::new(&root, arch, spec.att, spec.att_mix, classes)?),
+        };
+        Ok(Self { spec, store, backbone })
     }
 
     /// Logits (N, classes) for a normalised NCHW batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.resnet.forward_t(x, train)
+        match &self.backbone {
+            Backbone::ResNet(net) => net.forward_t(x, train),
+            Backbone::EfficientNet(net) => net.forward_t(x, train),
+        }
     }
 
     pub fn device(&self) -> &Device {

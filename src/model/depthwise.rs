@@ -1,0 +1,165 @@
+//! Depthwise convolution (one k×k filter per channel, EfficientNet's MBConv) as CPU
+//! kernels with their own backward. Candle runs a grouped conv as one tiny conv per
+//! channel, which for 32–1152 channels is mostly overhead.
+
+use super::ops::Window;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    let (a, b) = l.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })?;
+    Ok(&data[a..b])
+}
+
+/// Calls `f(output index, input index, kernel index)` for every contributing pair
+/// of one (n, c) plane.
+#[inline]
+fn for_each_tap(g: &Window, mut f: impl FnMut(usize, usize, usize)) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    for ki in 0..g.kh {
+        for y in 0..oh {
+            let iy = (y * g.stride + ki) as isize - g.pad as isize;
+            if iy < 0 || iy as usize >= g.h {
+                continue;
+            }
+            for kj in 0..g.kw {
+                for x in 0..ow {
+                    let ix = (x * g.stride + kj) as isize - g.pad as isize;
+                    if ix >= 0 && (ix as usize) < g.w {
+                        f(y * ow + x, iy as usize * g.w + ix as usize, ki * g.kw + kj);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y[n,c] = x[n,c] ⋆ w[c]`, weight shape (C, 1, kh, kw).
+#[derive(Debug, Clone, Copy)]
+pub struct Depthwise(pub Window);
+
+impl CustomOp2 for Depthwise {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1, "depthwise")?, slice(s2, l2, "depthwise")?);
+        let g = self.0;
+        let (plane_in, plane_out, taps) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
+        let mut y = vec![0f32; g.n * g.c * plane_out];
+        y.par_chunks_mut(plane_out).enumerate().for_each(|(nc, out)| {
+            let src = &x[nc * plane_in..][..plane_in];
+            let k = &w[(nc % g.c) * taps..][..taps];
+            for_each_tap(&g, |o, i, t| out[o] += src[i] * k[t]);
+        });
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.out_h(), g.out_w()))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = x.apply_op3_no_bwd(w, &grad, &DepthwiseGrad { g: self.0, wrt_input: true })?;
+        let dw = x.apply_op3_no_bwd(w, &grad, &DepthwiseGrad { g: self.0, wrt_input: false })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Gradient of [`Depthwise`] with respect to its input or its weight.
+struct DepthwiseGrad {
+    g: Window,
+    wrt_input: bool,
+}
+
+impl CustomOp3 for DepthwiseGrad {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d-grad"
+    }
+
+    fn cpu_fwd(
+        &self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w, dy) = (slice(s1, l1, "depthwise-grad")?, slice(s2, l2, "depthwise-grad")?, slice(s3, l3, "depthwise-grad")?);
+        let g = self.g;
+        let (plane_in, plane_out, taps) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
+        if self.wrt_input {
+            let mut dx = vec![0f32; x.len()];
+            dx.par_chunks_mut(plane_in).enumerate().for_each(|(nc, out)| {
+                let d = &dy[nc * plane_out..][..plane_out];
+                let k = &w[(nc % g.c) * taps..][..taps];
+                for_each_tap(&g, |o, i, t| out[i] += d[o] * k[t]);
+            });
+            return Ok((CpuStorage::F32(dx), l1.shape().clone()));
+        }
+        // One task per channel, summing over the batch: no two tasks share a weight.
+        let mut dw = vec![0f32; w.len()];
+        dw.par_chunks_mut(taps).enumerate().for_each(|(c, out)| {
+            for n in 0..g.n {
+                let nc = n * g.c + c;
+                let (src, d) = (&x[nc * plane_in..][..plane_in], &dy[nc * plane_out..][..plane_out]);
+                for_each_tap(&g, |o, i, t| out[t] += d[o] * src[i]);
+            }
+        });
+        Ok((CpuStorage::F32(dw), l2.shape().clone()))
+    }
+}
+
+/// Depthwise convolution of NCHW `x` with weight (C, 1, k, k), symmetric padding.
+pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (wc, one, kh, kw) = weight.dims4()?;
+    if wc != c || one != 1 {
+        candle_core::bail!("depthwise weight {:?} does not fit {c} channels", weight.dims());
+    }
+    if !x.device().is_cpu() {
+        return x.conv2d(weight, pad, stride, 1, c);
+    }
+    let g = Window { n, c, h, w, kh, kw, stride, pad };
+    x.contiguous()?.apply_op2(&weight.contiguous()?, Depthwise(g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn matches_candle_forward_and_finite_difference_gradients() {
+        // (n, c, h, w, k, stride, pad): 3x3 and 5x5, stride 1 and 2, odd and even sizes.
+        let cases = [(2, 5, 9, 9, 3, 1, 1), (1, 4, 11, 11, 5, 2, 2), (3, 3, 7, 8, 3, 2, 1), (2, 2, 6, 6, 5, 1, 2)];
+        for (i, &(n, c, h, w, k, s, p)) in cases.iter().enumerate() {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, h, w), &Device::Cpu).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1.0, (c, 1, k, k), &Device::Cpu).unwrap()).unwrap();
+            let ours = depthwise_conv2d(&x, &wt, s, p).unwrap();
+            let reference = x.conv2d(&wt, p, s, 1, c).unwrap();
+            assert_eq!(ours.dims(), reference.dims());
+            assert!(max_diff(&ours, &reference) < 1e-4, "forward case {i}");
+            let up = Tensor::randn(0f32, 1.0, ours.dims(), &Device::Cpu).unwrap();
+            let grads = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let loss = |x: &Tensor, w: &Tensor| -> f32 {
+                (depthwise_conv2d(x, w, s, p).unwrap() * &up).unwrap().sum_all().unwrap().to_scalar().unwrap()
+            };
+            check_numerically(&x, grads.get(&x).unwrap(), |t| loss(t, &wt), i);
+            check_numerically(&wt, grads.get(&wt).unwrap(), |t| loss(&x, t), i);
+        }
+    }
+
+    /// Central differences on every 3rd element of `at`.
+    fn check_numerically(at: &Tensor, grad: &Tensor, f: impl Fn(&Tensor) -> f32, case: usize) {
+        let base: Vec<f32> = at.flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
+        for i in (0..base.len()).step_by(3) {
+            let shifted = |d: f32| {
+                let mut v = base.clone();
+                v[i] += d;
+                f(&Tensor::from_vec(v, at.dims(), &Device::Cpu).unwrap())
+            };
+            let numeric = (shifted(1e-2) - shifted(-1e-2)) / 2e-2;
+            assert!((numeric - g[i]).abs() < 2e-2 * (1.0 + g[i].abs()), "case {case}, element {i}: {numeric} vs {}", g[i]);
+        }
+    }
+}
