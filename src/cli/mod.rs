@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod bench;
 pub mod eval;
 pub mod model_info;
 pub mod predict;
@@ -29,6 +30,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Print an architecture's parameter count.
     ModelInfo(model_info::ModelInfoArgs),
+    /// Time the model and the whole sorter loop.
+    Bench(bench::BenchArgs),
     /// Rewrite a model file in a smaller number format for the bin.
     Quantize(quantize::QuantizeArgs),
 }
@@ -41,5 +44,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Predict(a) => predict::main(a),
         Command::ModelInfo(a) => model_info::main(a),
         Command::Quantize(a) => quantize::main(a),
+        Command::Bench(a) => bench::main(a),
     }
 }

@@ -1,0 +1,171 @@
+//! `smartbin bench`: model latency and throughput, and the whole sorter loop on
+//! replayed photos. Speed lives here and in the README, never in timed tests.
+
+use crate::actuation::sim_actuator;
+use crate::clock::{Clock, SimClock, SystemClock};
+use crate::config::Config;
+use crate::decision::DecisionPolicy;
+use crate::model::{checkpoint, parse_device, Classifier, ModelClassifier};
+use crate::sorter::{EventLog, Sorter};
+use crate::source::{ImageDirSource, ReplayOptions, ReplayTrigger};
+use candle_core::Tensor;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = crate::model::DEFAULT_MODEL_PATH)]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Worker threads for the kernels (default: all cores). Set before any work starts.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    #[arg(long, default_value_t = 30)]
+    pub iters: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Also time the whole loop (decode → classify → decide → simulated servos) on
+    /// the photos in this folder.
+    #[arg(long)]
+    pub photos: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    median_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+}
+
+impl Latency {
+    fn of(mut ms: Vec<f64>) -> Self {
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        Self { median_ms: at(0.5), p90_ms: at(0.9), p99_ms: at(0.99) }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    model: PathBuf,
+    arch: String,
+    image_size: u32,
+    batch: usize,
+    threads: usize,
+    /// Network forward pass on a prepared batch.
+    forward: Latency,
+    images_per_s: f64,
+    /// Peak resident memory of the process (VmHWM), MiB.
+    peak_rss_mib: Option<f64>,
+    /// Per photo, whole loop: decode, preprocess, classify, decide, servo commands.
+    whole_loop: Option<Latency>,
+    whole_loop_photos: Option<usize>,
+}
+
+pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(t) = args.threads {
+        // Candle and gemm size their pools from this variable on first use.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
+    }
+    let device = parse_device(&args.device)?;
+    let (network, _) = checkpoint::load_network(&args.model, &device)?;
+    let size = network.spec.image_size as usize;
+    let x = Tensor::randn(0f32, 1.0, (args.batch.max(1), 3, size, size), &device)?;
+    for _ in 0..3 {
+        network.forward_t(&x, false)?.to_device(&candle_core::Device::Cpu)?;
+    }
+    let mut ms = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters.max(1) {
+        let t = Instant::now();
+        network.forward_t(&x, false)?.to_device(&candle_core::Device::Cpu)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let forward = Latency::of(ms);
+    let images_per_s = args.batch.max(1) as f64 / (forward.median_ms / 1e3);
+    let arch = network.spec.arch.to_string();
+    let image_size = network.spec.image_size;
+    let whole = match &args.photos {
+        Some(dir) => Some(whole_loop(ModelClassifier { network }, dir)?),
+        None => None,
+    };
+    let report = Report {
+        model: args.model.clone(),
+        arch,
+        image_size,
+        batch: args.batch.max(1),
+        threads: rayon::current_num_threads(),
+        forward,
+        images_per_s,
+        peak_rss_mib: peak_rss_mib(),
+        whole_loop_photos: whole.as_ref().map(|(_, n)| *n),
+        whole_loop: whole.map(|(l, _)| l),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the real sorter over `dir` with simulated servos on virtual time and a
+/// throw-away event log, and reads each item's total latency back from that log.
+fn whole_loop(mut classifier: ModelClassifier, dir: &std::path::Path) -> anyhow::Result<(Latency, usize)> {
+    let config = Config::default();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let source = ImageDirSource::open(dir, ReplayOptions { looped: false, rate_hz: None }, clock.clone())?;
+    let mut trigger = ReplayTrigger::new(Box::new(source));
+    let (mut actuator, _) = sim_actuator(&config.actuation, Arc::new(SimClock::new()))?;
+    let scratch = tempfile_dir()?;
+    let log_path = scratch.join("bench-events.jsonl");
+    let events = EventLog::open(&log_path)?;
+    let policy = DecisionPolicy::from_config(&config.decision);
+    let classifier: &mut dyn Classifier = &mut classifier;
+    Sorter::new(&mut trigger, classifier, &mut actuator, policy, events, clock).run()?;
+    let totals: Vec<f64> = std::fs::read_to_string(&log_path)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["total_ms"].as_f64())
+        .collect();
+    let _ = std::fs::remove_dir_all(&scratch);
+    anyhow::ensure!(!totals.is_empty(), "no readable photos in {}", dir.display());
+    let n = totals.len();
+    Ok((Latency::of(totals), n))
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("smartbin-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Peak resident set size from /proc (Linux); `None` elsewhere.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn print_report(r: &Report) {
+    println!("{} ({}, {}x{}), batch {}, {} threads", r.model.display(), r.arch, r.image_size, r.image_size, r.batch, r.threads);
+    println!(
+        "forward: median {:.1} ms, p90 {:.1} ms, p99 {:.1} ms; {:.1} images/s",
+        r.forward.median_ms, r.forward.p90_ms, r.forward.p99_ms, r.images_per_s
+    );
+    if let Some(l) = &r.whole_loop {
+        println!(
+            "whole loop over {} photos: median {:.1} ms, p90 {:.1} ms, p99 {:.1} ms per photo",
+            r.whole_loop_photos.unwrap_or(0), l.median_ms, l.p90_ms, l.p99_ms
+        );
+    }
+    if let Some(rss) = r.peak_rss_mib {
+        println!("peak RSS: {rss:.0} MiB");
+    }
+}
