@@ -1,12 +1,14 @@
 //! Starting a network from someone else's weights (ImageNet backbones, other runs).
 //!
-//! Takes safetensors files whose names follow torchvision's layout (timm's
-//! `resnet18.tv_in1k`, a smartbin model, a state dict saved from DataParallel with a
-//! `module.` prefix). PyTorch `.pth` import arrives with the transfer-learning work.
+//! Takes any file [`read_weights`] reads (safetensors, PyTorch zip or legacy `.pth`,
+//! recognised by content) whose names follow the network's layout (torchvision's for
+//! ResNets: timm's `resnet18.tv_in1k`, torchvision's `resnet18-f37072fd.pth`, a
+//! smartbin model, a RecycleNet checkpoint with its `state_dict` and `module.` prefix).
 
+use crate::model::import::read_weights;
 use crate::model::Network;
 use anyhow::{bail, Context};
-use candle_core::{safetensors::Load, DType, Device};
+use candle_core::DType;
 use std::path::Path;
 
 /// What [`load_pretrained`] did, for the log.
@@ -24,21 +26,16 @@ pub struct LoadReport {
 /// Copies every tensor of `path` whose name matches a parameter of `network`. Shape
 /// mismatches are refused, except for the `fc` head when the class count differs.
 pub fn load_pretrained(network: &Network, path: &Path) -> anyhow::Result<LoadReport> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes).with_context(|| {
-        format!("{} is not a safetensors file (PyTorch .pth import is not supported yet)", path.display())
-    })?;
+    let tensors = read_weights(path).with_context(|| format!("cannot import weights from {}", path.display()))?;
     let params = network.store.params();
     let mut report = LoadReport::default();
     let mut seen = std::collections::HashSet::new();
-    for (raw_name, view) in file.tensors() {
-        let name = raw_name.strip_prefix("module.").unwrap_or(&raw_name).to_string();
+    for (name, tensor) in tensors {
         let Some(param) = params.get(&name) else {
             report.ignored.push(name);
             continue;
         };
         seen.insert(name.clone());
-        let tensor = view.load(&Device::Cpu)?;
         if tensor.dims() != param.var.dims() {
             if name.starts_with("fc.") {
                 report.new_head.push(name);
@@ -61,7 +58,7 @@ pub fn load_pretrained(network: &Network, path: &Path) -> anyhow::Result<LoadRep
 mod tests {
     use super::*;
     use crate::model::{Arch, AttentionKind, GateMix, ModelSpec};
-    use candle_core::Tensor;
+    use candle_core::{Device, Tensor};
     use std::collections::HashMap;
 
     fn net(att: AttentionKind, classes: usize) -> Network {
@@ -89,6 +86,22 @@ mod tests {
         let a: Vec<f32> = source.store.params()["layer3.1.conv2.weight"].var.flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = target.store.params()["layer3.1.conv2.weight"].var.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn pytorch_checkpoints_are_read_and_unknown_files_refused() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import");
+        // A legacy .pth and a zip .pth are read (their tiny tensors fit no ResNet) …
+        for file in ["legacy_nested.pth", "zip.pth"] {
+            let err = load_pretrained(&net(AttentionKind::None, 6), &fixtures.join(file)).unwrap_err().to_string();
+            assert!(err.contains("no tensor name matches"), "{file}: {err}");
+        }
+        // … and a file in no known format says so.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.pth");
+        std::fs::write(&path, "not weights").unwrap();
+        let err = format!("{:#}", load_pretrained(&net(AttentionKind::None, 6), &path).unwrap_err());
+        assert!(err.contains("notes.pth") && err.contains("not a weights file"), "{err}");
     }
 
     #[test]
