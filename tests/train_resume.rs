@@ -24,6 +24,8 @@ fn config(data: &std::path::Path, save: &std::path::Path, epochs: usize) -> Trai
         save_dir: save.into(),
         limit: None,
         pretrained: None,
+        freeze: Default::default(),
+        feature_views: 8,
     }
 }
 
@@ -94,4 +96,28 @@ fn train_then_eval_and_predict_through_the_binary() {
     assert_eq!(lines.len(), 2);
     assert!(lines[0]["class"].is_string() && lines[0]["top3"].as_array().unwrap().len() == 3);
     assert!(lines[1]["error"].is_string());
+}
+
+#[test]
+fn frozen_backbone_trains_only_the_head_on_cached_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("trashnet");
+    common::fake_trashnet(&data, 6);
+    let mut c = config(&data, &dir.path().join("frozen"), 2);
+    c.arch = Arch::EfficientnetLite0;
+    c.freeze = smartbin::training::freeze::Freeze::Backbone;
+    c.feature_views = 2;
+    let mut t = Trainer::new(c, &Device::Cpu, None).unwrap();
+    let history = t.run().unwrap().history.clone();
+    assert_eq!(history.len(), 2);
+    let after = t.network.store.params();
+    // A fresh network with the run's seed holds the starting weights.
+    let fresh = smartbin::model::Network::new(t.network.spec.clone(), &Device::Cpu, 7).unwrap().store.params();
+    let unchanged = |name: &str| {
+        let a: Vec<f32> = fresh[name].var.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = after[name].var.flatten_all().unwrap().to_vec1().unwrap();
+        a == b
+    };
+    assert!(unchanged("_conv_stem.weight") && unchanged("_blocks.3._bn1.running_mean"), "trunk must not move");
+    assert!(!unchanged("_fc.weight") && !unchanged("att.spatial.weight"), "head and attention must learn");
 }

@@ -66,6 +66,13 @@ pub struct TrainArgs {
     /// resnet18.tv_in1k). Head and attention start fresh.
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
+    /// none | backbone (train only attention + classifier, on cached trunk
+    /// features) | until:<stage> (e.g. until:layer3, until:stage5) [default: none]
+    #[arg(long)]
+    pub freeze: Option<crate::training::freeze::Freeze>,
+    /// With --freeze backbone: augmented views per image whose features are cached [default: 8]
+    #[arg(long)]
+    pub feature_views: Option<usize>,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -94,6 +101,8 @@ fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             save_dir: "save".into(),
             limit: None,
             pretrained: None,
+            freeze: Default::default(),
+            feature_views: 8,
         },
     };
     Ok(TrainConfig {
@@ -112,6 +121,8 @@ fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         data: args.data.clone().unwrap_or(base.data),
         save_dir: args.save_dir.clone().unwrap_or(base.save_dir),
         limit: args.limit.or(base.limit),
+        freeze: args.freeze.clone().unwrap_or(base.freeze),
+        feature_views: args.feature_views.unwrap_or(base.feature_views),
         pretrained: if args.no_pretrain { None } else { args.pretrained.clone().or(base.pretrained) },
     })
 }

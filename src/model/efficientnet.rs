@@ -133,21 +133,57 @@ impl EfficientNet {
         })
     }
 
-    /// The last feature map (N, 1280, H/32, W/32), after attention.
-    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = relu6(&self.bn0.forward_t(&self.stem.forward(&pad_same(x, 3, 2)?)?, train)?)?;
-        for block in &self.blocks {
-            y = block.forward_t(&y, train)?;
+    /// Block index ranges of the seven MBConv stages.
+    fn stage_blocks() -> Vec<std::ops::Range<usize>> {
+        let mut start = 0;
+        STAGES.iter().map(|&(repeats, ..)| { start += repeats; start - repeats..start }).collect()
+    }
+
+    /// Stage names, input to output: `stem`, `stage1` … `stage7`, `head`.
+    pub fn stage_names(&self) -> Vec<String> {
+        let middle = (1..=STAGES.len()).map(|i| format!("stage{i}"));
+        std::iter::once("stem".to_string()).chain(middle).chain(["head".to_string()]).collect()
+    }
+
+    /// Parameter-name prefixes owned by each stage, in [`Self::stage_names`] order.
+    pub fn stage_prefixes(&self) -> Vec<Vec<String>> {
+        let blocks = Self::stage_blocks().into_iter().map(|r| r.map(|b| format!("_blocks.{b}.")).collect());
+        std::iter::once(vec!["_conv_stem.".into(), "_bn0.".into()])
+            .chain(blocks)
+            .chain([vec!["_conv_head.".into(), "_bn1.".into()]])
+            .collect()
+    }
+
+    /// Runs stages `range` (indices into [`Self::stage_names`]) on `x`.
+    pub fn stages_t(&self, x: &Tensor, train: bool, range: std::ops::Range<usize>) -> Result<Tensor> {
+        let blocks = Self::stage_blocks();
+        let mut y = x.clone();
+        for i in range {
+            y = if i == 0 {
+                relu6(&self.bn0.forward_t(&self.stem.forward(&pad_same(&y, 3, 2)?)?, train)?)?
+            } else if i <= blocks.len() {
+                for block in &self.blocks[blocks[i - 1].clone()] {
+                    y = block.forward_t(&y, train)?;
+                }
+                y
+            } else {
+                relu6(&self.bn1.forward_t(&self.head.forward(&y)?, train)?)?
+            };
         }
-        y = relu6(&self.bn1.forward_t(&self.head.forward(&y)?, train)?)?;
-        match &self.attention {
-            Some(att) => att.forward(&y),
-            None => Ok(y),
-        }
+        Ok(y)
+    }
+
+    /// What follows the last stage: attention, pooling, classifier.
+    pub fn head_t(&self, features: &Tensor) -> Result<Tensor> {
+        let y = match &self.attention {
+            Some(att) => att.forward(features)?,
+            None => features.clone(),
+        };
+        self.fc.forward(&global_avg_pool(&y)?)
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.fc.forward(&global_avg_pool(&self.features_t(x, train)?)?)
+        self.head_t(&self.stages_t(x, train, 0..STAGES.len() + 2)?)
     }
 }
 

@@ -78,9 +78,38 @@ impl Network {
 
     /// Logits (N, classes) for a normalised NCHW batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.head_t(&self.stages_t(x, train, 0..self.stage_names().len())?)
+    }
+
+    /// Trunk stage names, input to output (`--freeze until:<stage>` takes these).
+    pub fn stage_names(&self) -> Vec<String> {
         match &self.backbone {
-            Backbone::ResNet(net) => net.forward_t(x, train),
-            Backbone::EfficientNet(net) => net.forward_t(x, train),
+            Backbone::ResNet(net) => net.stage_names(),
+            Backbone::EfficientNet(net) => net.stage_names(),
+        }
+    }
+
+    /// Parameter-name prefixes of each trunk stage.
+    pub fn stage_prefixes(&self) -> Vec<Vec<String>> {
+        match &self.backbone {
+            Backbone::ResNet(net) => net.stage_prefixes(),
+            Backbone::EfficientNet(net) => net.stage_prefixes(),
+        }
+    }
+
+    /// Runs trunk stages `range` on `x` (an image batch when the range starts at 0).
+    pub fn stages_t(&self, x: &Tensor, train: bool, range: std::ops::Range<usize>) -> candle_core::Result<Tensor> {
+        match &self.backbone {
+            Backbone::ResNet(net) => net.stages_t(x, train, range),
+            Backbone::EfficientNet(net) => net.stages_t(x, train, range),
+        }
+    }
+
+    /// Attention (RecycleNet's), pooling and classifier on the last feature map.
+    pub fn head_t(&self, features: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.backbone {
+            Backbone::ResNet(net) => net.head_t(features),
+            Backbone::EfficientNet(net) => net.head_t(features),
         }
     }
 

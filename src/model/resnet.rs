@@ -167,21 +167,46 @@ impl ResNet {
         Ok(Self { conv1, bn1, stages, attention, fc })
     }
 
-    /// The last stage's output, after attention (N, C, H/32, W/32).
-    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
-        let mut x = max_pool2d(&x, 3, 2, 1)?;
-        for block in self.stages.iter().flatten() {
-            x = block.forward_t(&x, train)?;
+    /// Stage names, input to output: `stem`, `layer1` … `layer4`.
+    pub fn stage_names(&self) -> Vec<String> {
+        std::iter::once("stem".to_string()).chain((1..=self.stages.len()).map(|i| format!("layer{i}"))).collect()
+    }
+
+    /// Parameter-name prefixes owned by each stage, in [`Self::stage_names`] order.
+    pub fn stage_prefixes(&self) -> Vec<Vec<String>> {
+        std::iter::once(vec!["conv1.".into(), "bn1.".into()])
+            .chain((1..=self.stages.len()).map(|i| vec![format!("layer{i}.")]))
+            .collect()
+    }
+
+    /// Runs stages `range` (indices into [`Self::stage_names`]) on `x`.
+    pub fn stages_t(&self, x: &Tensor, train: bool, range: std::ops::Range<usize>) -> Result<Tensor> {
+        let mut x = x.clone();
+        for i in range {
+            x = match i {
+                0 => max_pool2d(&self.bn1.forward_t(&self.conv1.forward(&x)?, train)?.relu()?, 3, 2, 1)?,
+                _ => {
+                    for block in &self.stages[i - 1] {
+                        x = block.forward_t(&x, train)?;
+                    }
+                    x
+                }
+            };
         }
-        match &self.attention {
-            Some(att) => att.forward(&x),
-            None => Ok(x),
-        }
+        Ok(x)
+    }
+
+    /// What follows the last stage: attention, pooling, classifier.
+    pub fn head_t(&self, features: &Tensor) -> Result<Tensor> {
+        let x = match &self.attention {
+            Some(att) => att.forward(features)?,
+            None => features.clone(),
+        };
+        self.fc.forward(&global_avg_pool(&x)?)
     }
 
     /// Logits (N, classes) for an NCHW batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.fc.forward(&global_avg_pool(&self.features_t(x, train)?)?)
+        self.head_t(&self.stages_t(x, train, 0..self.stages.len() + 1)?)
     }
 }

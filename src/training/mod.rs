@@ -2,6 +2,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod freeze;
 pub mod pretrained;
 pub mod sgd;
 pub mod trainer;

@@ -2,10 +2,12 @@
 
 use super::data::{load_split, training_batches, ImageCache, Split};
 use super::eval::evaluate;
+use super::freeze::{stack, FeatureCache, Freeze};
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use super::sgd::Sgd;
 use crate::model::{checkpoint, Arch, AttentionKind, GateMix, ModelSpec, Network};
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, D};
+use candle_core::{DType, Device, Tensor, D};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -42,6 +44,17 @@ pub struct TrainConfig {
     /// Initial weights (safetensors, torchvision names); `None` trains from scratch.
     #[serde(default)]
     pub pretrained: Option<PathBuf>,
+    /// Which leading part of the network stays fixed.
+    #[serde(default)]
+    pub freeze: Freeze,
+    /// With a frozen trunk: augmented views per training image whose trunk
+    /// features are computed once and reused, one view per epoch in turn.
+    #[serde(default = "default_feature_views")]
+    pub feature_views: usize,
+}
+
+fn default_feature_views() -> usize {
+    8
 }
 
 fn default_min_crop_scale() -> f64 {
@@ -91,6 +104,10 @@ pub struct Trainer {
     sgd: Sgd,
     train: ImageCache,
     val: ImageCache,
+    /// Leading trunk stages that are frozen (run in eval mode, no gradients).
+    frozen: usize,
+    /// Trunk features when the whole trunk is frozen.
+    features: Option<FeatureCache>,
 }
 
 impl Trainer {
@@ -125,10 +142,19 @@ impl Trainer {
                 path.display(), r.loaded.len(), r.missing.len(), r.ignored.len(), !r.new_head.is_empty()
             );
         }
+        let frozen = config.freeze.frozen_stages(&network)?;
+        Freeze::apply(frozen, &network);
+        log::info!("trainable: {:.3} M parameters (freeze: {})", network.store.count_trainable() as f64 / 1e6, config.freeze);
         let mut sgd = Sgd::new(network.store.trainable(), config.momentum, config.weight_decay);
         sgd.load_state(&optim);
         let (train, val) = load_data(&config)?;
-        Ok(Self { config, network, state, sgd, train, val })
+        let features = if frozen == network.stage_names().len() {
+            let c = &config;
+            Some(FeatureCache::build(&network, &train, &val, c.feature_views, c.min_crop_scale, c.seed)?)
+        } else {
+            None
+        };
+        Ok(Self { config, network, state, sgd, train, val, frozen, features })
     }
 
     /// Trains until `config.epochs`, checkpointing after every epoch.
@@ -158,19 +184,17 @@ impl Trainer {
         let bar = progress_bar(self.train.len(), epoch + 1, self.config.epochs);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         let device = self.network.device().clone();
-        let c = &self.config;
-        let batches = training_batches(&self.train, c.batch_size, c.image_size, c.min_crop_scale, c.seed, epoch);
-        for batch in batches {
-            let x = batch.images_tensor(&device)?;
-            let y = batch.labels_tensor(&device)?;
-            let logits = self.network.forward_t(&x, true)?;
+        for (x, y) in epoch_inputs(&self.config, &self.train, self.features.as_ref(), epoch) {
+            let logits = self.logits_t(&x, &device)?;
+            let y = y.to_device(&device)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             self.sgd.step(&loss.backward()?, lr)?;
+            let n = y.dims1()?;
             let hits = logits.argmax(D::Minus1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
-            loss_sum += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
+            loss_sum += loss.to_scalar::<f32>()? as f64 * n as f64;
             correct += hits as usize;
-            seen += batch.len();
-            bar.inc(batch.len() as u64);
+            seen += n;
+            bar.inc(n as u64);
             bar.set_message(format!(
                 "loss {:.3} acc {:.1}% {:.1} img/s",
                 loss_sum / seen as f64,
@@ -180,17 +204,48 @@ impl Trainer {
         }
         bar.finish_and_clear();
         let train_seconds = started.elapsed().as_secs_f64();
-        let val = evaluate(&self.network, &self.val, self.config.batch_size.max(32))?;
+        let (val_loss, val_acc) = self.validate()?;
         Ok(EpochMetrics {
             epoch: epoch + 1,
             lr,
             train_loss: loss_sum / seen.max(1) as f64,
             train_acc: 100.0 * correct as f64 / seen.max(1) as f64,
-            val_loss: val.loss,
-            val_acc: val.top1,
+            val_loss,
+            val_acc,
             seconds: started.elapsed().as_secs_f64(),
             images_per_s: seen as f64 / train_seconds,
         })
+    }
+
+    /// Training-mode logits; frozen stages run in eval mode without gradients.
+    fn logits_t(&self, x: &Tensor, device: &Device) -> anyhow::Result<Tensor> {
+        let x = x.to_device(device)?;
+        if self.features.is_some() {
+            return Ok(self.network.head_t(&x)?);
+        }
+        let all = self.network.stage_names().len();
+        let fixed = self.network.stages_t(&x, false, 0..self.frozen)?.detach();
+        Ok(self.network.head_t(&self.network.stages_t(&fixed, true, self.frozen..all)?)?)
+    }
+
+    /// Validation (loss, top-1 %).
+    fn validate(&self) -> anyhow::Result<(f64, f64)> {
+        let Some(cache) = &self.features else {
+            let r = evaluate(&self.network, &self.val, self.config.batch_size.max(32))?;
+            return Ok((r.loss, r.top1));
+        };
+        let (mut loss, mut correct) = (0.0, 0usize);
+        let indices: Vec<usize> = (0..cache.val.len()).collect();
+        for chunk in indices.chunks(64) {
+            let x = stack(&cache.val, chunk, self.network.device())?;
+            let labels: Vec<u32> = chunk.iter().map(|&i| self.val.label(i) as u32).collect();
+            let y = Tensor::new(labels, self.network.device())?;
+            let logits = self.network.head_t(&x)?;
+            loss += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            correct += logits.argmax(D::Minus1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
+        }
+        let n = cache.val.len().max(1) as f64;
+        Ok((loss / n, 100.0 * correct as f64 / n))
     }
 
     fn save(&self, improved: bool) -> anyhow::Result<()> {
@@ -208,6 +263,28 @@ impl Trainer {
         Ok(())
     }
 
+}
+
+type Inputs<'a> = Box<dyn Iterator<Item = (Tensor, Tensor)> + 'a>;
+
+/// An epoch's (input, labels) CPU batches: augmented images, or cached trunk features.
+fn epoch_inputs<'a>(c: &'a TrainConfig, train: &'a ImageCache, features: Option<&'a FeatureCache>, epoch: usize) -> Inputs<'a> {
+    let Some(cache) = features else {
+        let batches = training_batches(train, c.batch_size, c.image_size, c.min_crop_scale, c.seed, epoch);
+        return Box::new(batches.map(|b| {
+            let x = b.images_tensor(&Device::Cpu).expect("batch buffers match their shape");
+            (x, b.labels_tensor(&Device::Cpu).expect("batch buffers match their shape"))
+        }));
+    };
+    let view = &cache.train[epoch % cache.train.len()];
+    let mut order: Vec<usize> = (0..view.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(c.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    let chunks: Vec<Vec<usize>> = order.chunks(c.batch_size).map(<[usize]>::to_vec).collect();
+    Box::new(chunks.into_iter().map(move |idx| {
+        let x = stack(view, &idx, &Device::Cpu).expect("cached features share one shape");
+        let labels: Vec<u32> = idx.iter().map(|&i| train.label(i) as u32).collect();
+        (x, Tensor::new(labels, &Device::Cpu).expect("labels fit a tensor"))
+    }))
 }
 
 fn load_data(config: &TrainConfig) -> anyhow::Result<(ImageCache, ImageCache)> {
@@ -276,7 +353,7 @@ mod tests {
         let c = TrainConfig {
             arch: Arch::Resnet18, att: AttentionKind::Ours, att_mix: GateMix::Sum, epochs: 100, batch_size: 16,
             lr: 2e-4, momentum: 0.9, weight_decay: 1e-4, lr_step: 40, seed: 1, image_size: 224, min_crop_scale: 0.08,
-            data: "d".into(), save_dir: "s".into(), limit: None, pretrained: None,
+            data: "d".into(), save_dir: "s".into(), limit: None, pretrained: None, freeze: Freeze::None, feature_views: 8,
         };
         assert_eq!(c.lr_at(0), 2e-4);
         assert!((c.lr_at(39) - 2e-4).abs() < 1e-12);

@@ -1,0 +1,169 @@
+//! Fine-tuning that fits a CPU: freeze the trunk (or its first stages), and with a
+//! fully frozen trunk compute its features once per image and augmentation, so an
+//! epoch only runs the attention and the classifier.
+
+use super::data::{epoch_batches, training_batches, ImageCache};
+use crate::model::Network;
+use anyhow::{anyhow, bail};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Which part of the network stays fixed during training.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Freeze {
+    /// Train everything (what a GPU user runs).
+    #[default]
+    None,
+    /// Train only what follows the trunk: RecycleNet's attention and the classifier.
+    Backbone,
+    /// Freeze the trunk up to and including this stage (e.g. `layer3`, `stage5`).
+    Until(String),
+}
+
+impl FromStr for Freeze {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "backbone" => Ok(Self::Backbone),
+            _ => match s.strip_prefix("until:") {
+                Some(stage) if !stage.is_empty() => Ok(Self::Until(stage.to_string())),
+                _ => Err(format!("`{s}`: expected none, backbone or until:<stage>")),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Freeze {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Backbone => f.write_str("backbone"),
+            Self::Until(stage) => write!(f, "until:{stage}"),
+        }
+    }
+}
+
+impl From<Freeze> for String {
+    fn from(f: Freeze) -> String {
+        f.to_string()
+    }
+}
+
+impl TryFrom<String> for Freeze {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl Freeze {
+    /// How many leading trunk stages of `network` this freezes.
+    pub fn frozen_stages(&self, network: &Network) -> anyhow::Result<usize> {
+        let names = network.stage_names();
+        match self {
+            Self::None => Ok(0),
+            Self::Backbone => Ok(names.len()),
+            Self::Until(stage) => names.iter().position(|n| n == stage).map(|i| i + 1).ok_or_else(|| {
+                anyhow!("unknown stage `{stage}` for {}: stages are {}", network.spec.arch, names.join(", "))
+            }),
+        }
+    }
+
+    /// Marks the parameters of the first `frozen` stages as not trainable.
+    pub fn apply(frozen: usize, network: &Network) {
+        let prefixes: Vec<String> = network.stage_prefixes().into_iter().take(frozen).flatten().collect();
+        network.store.set_trainable(|name| !prefixes.iter().any(|p| name.starts_with(p)));
+    }
+}
+
+/// Trunk features of the training images under `views` augmentations and of the
+/// validation images, kept in f16 on the CPU.
+pub struct FeatureCache {
+    /// `train[view][image]`: (C, H, W).
+    pub train: Vec<Vec<Tensor>>,
+    pub val: Vec<Tensor>,
+}
+
+impl FeatureCache {
+    pub fn build(
+        network: &Network,
+        train: &ImageCache,
+        val: &ImageCache,
+        views: usize,
+        min_crop_scale: f64,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        if views == 0 {
+            bail!("--feature-views must be at least 1");
+        }
+        let size = network.spec.image_size;
+        let started = std::time::Instant::now();
+        let mut per_view = Vec::with_capacity(views);
+        for view in 0..views {
+            let batches = training_batches(train, 32, size, min_crop_scale, seed, view);
+            per_view.push(features(network, batches, train.len())?);
+            log::info!("trunk features: view {}/{views} done ({:.0}s)", view + 1, started.elapsed().as_secs_f64());
+        }
+        let val = features(network, epoch_batches(val, 32, size, false, false, 0, 0), val.len())?;
+        Ok(Self { train: per_view, val })
+    }
+}
+
+/// Runs the whole trunk in eval mode over `batches`, returning one feature map per image.
+fn features(network: &Network, batches: super::data::EpochBatches, n: usize) -> anyhow::Result<Vec<Tensor>> {
+    let stages = 0..network.stage_names().len();
+    let mut out: Vec<Option<Tensor>> = vec![None; n];
+    for batch in batches {
+        let x = batch.images_tensor(network.device())?;
+        let f = network.stages_t(&x, false, stages.clone())?.to_dtype(DType::F16)?.to_device(&Device::Cpu)?;
+        for (row, &index) in batch.indices.iter().enumerate() {
+            out[index] = Some(f.get(row)?);
+        }
+    }
+    out.into_iter().map(|f| f.ok_or_else(|| anyhow!("an image got no features"))).collect()
+}
+
+/// Stacks cached features of `indices` into an f32 batch on `device`.
+pub fn stack(features: &[Tensor], indices: &[usize], device: &Device) -> anyhow::Result<Tensor> {
+    let rows: Vec<&Tensor> = indices.iter().map(|&i| &features[i]).collect();
+    Ok(Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?.to_device(device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Arch, AttentionKind, GateMix, ModelSpec};
+
+    #[test]
+    fn freeze_parses_and_picks_stages() {
+        assert_eq!("backbone".parse::<Freeze>().unwrap(), Freeze::Backbone);
+        assert_eq!("until:layer3".parse::<Freeze>().unwrap().to_string(), "until:layer3");
+        assert!("until:".parse::<Freeze>().is_err() && "all".parse::<Freeze>().is_err());
+        let spec = ModelSpec { arch: Arch::Resnet18, att: AttentionKind::Ours, att_mix: GateMix::Sum, classes: vec!["a".into(), "b".into()], image_size: 32 };
+        let net = Network::new(spec, &Device::Cpu, 0).unwrap();
+        assert_eq!(Freeze::Until("layer3".into()).frozen_stages(&net).unwrap(), 4);
+        assert!(Freeze::Until("stage3".into()).frozen_stages(&net).is_err());
+        Freeze::apply(Freeze::Backbone.frozen_stages(&net).unwrap(), &net);
+        let trainable: Vec<String> = net.store.trainable().into_iter().map(|(n, _)| n).collect();
+        assert!(trainable.iter().all(|n| n.starts_with("att.") || n.starts_with("fc.")), "{trainable:?}");
+        assert!(trainable.contains(&"fc.weight".to_string()) && trainable.contains(&"att.spatial.weight".to_string()));
+    }
+
+    #[test]
+    fn split_forward_equals_the_whole_forward() {
+        for arch in [Arch::Resnet18, Arch::EfficientnetLite0] {
+            let spec = ModelSpec { arch, att: AttentionKind::Ours, att_mix: GateMix::Sum, classes: vec!["a".into(), "b".into()], image_size: 64 };
+            let net = Network::new(spec, &Device::Cpu, 0).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu).unwrap();
+            let n = net.stage_names().len();
+            let whole = net.forward_t(&x, false).unwrap();
+            let split = net.head_t(&net.stages_t(&net.stages_t(&x, false, 0..2).unwrap(), false, 2..n).unwrap()).unwrap();
+            let diff: f32 = (whole - split).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert!(diff < 1e-5, "{arch}: {diff}");
+        }
+    }
+}
