@@ -19,9 +19,18 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// A batch size for inference at `size`×`size` that keeps the largest activation
+/// (~96 channels at half resolution) under glibc's 32 MiB mmap ceiling: beyond it
+/// every op's output is a fresh mapping whose page faults cost more than the maths.
+pub fn inference_batch(size: u32) -> usize {
+    let per_image = 96 * (size as usize / 2).pow(2) * 4;
+    ((24 << 20) / per_image.max(1)).clamp(1, 32)
+}
+
 /// Runs `network` in eval mode over every image of `cache` (centre crops). Labels in
 /// the cache must use the network's class order.
 pub fn evaluate(network: &Network, cache: &ImageCache, batch_size: usize) -> anyhow::Result<EvalReport> {
+    let batch_size = batch_size.min(inference_batch(network.spec.image_size));
     let classes = network.spec.classes.clone();
     let k = classes.len();
     let mut confusion = vec![vec![0usize; k]; k];

@@ -3,6 +3,7 @@
 //! epoch only runs the attention and the classifier.
 
 use super::data::{epoch_batches, training_batches, ImageCache};
+use super::eval::inference_batch;
 use crate::model::Network;
 use anyhow::{anyhow, bail};
 use candle_core::{DType, Device, Tensor};
@@ -104,11 +105,11 @@ impl FeatureCache {
         let started = std::time::Instant::now();
         let mut per_view = Vec::with_capacity(views);
         for view in 0..views {
-            let batches = training_batches(train, 32, size, min_crop_scale, seed, view);
+            let batches = training_batches(train, inference_batch(size), size, min_crop_scale, seed, view);
             per_view.push(features(network, batches, train.len())?);
             log::info!("trunk features: view {}/{views} done ({:.0}s)", view + 1, started.elapsed().as_secs_f64());
         }
-        let val = features(network, epoch_batches(val, 32, size, false, false, 0, 0), val.len())?;
+        let val = features(network, epoch_batches(val, inference_batch(size), size, false, false, 0, 0), val.len())?;
         Ok(Self { train: per_view, val })
     }
 }

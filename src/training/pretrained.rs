@@ -19,7 +19,7 @@ pub struct LoadReport {
     pub missing: Vec<String>,
     /// In the file but not in the network.
     pub ignored: Vec<String>,
-    /// The classifier head, skipped because the class count differs.
+    /// The classifier head (`fc` / `_fc`), skipped because the class count differs.
     pub new_head: Vec<String>,
 }
 
@@ -37,7 +37,7 @@ pub fn load_pretrained(network: &Network, path: &Path) -> anyhow::Result<LoadRep
         };
         seen.insert(name.clone());
         if tensor.dims() != param.var.dims() {
-            if name.starts_with("fc.") {
+            if name.starts_with("fc.") || name.starts_with("_fc.") {
                 report.new_head.push(name);
                 continue;
             }
