@@ -163,3 +163,89 @@ impl CustomOp3 for GradInput {
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
+
+/// The activation fused after an eval-mode batch-norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Identity,
+    Relu,
+    Relu6,
+}
+
+impl Act {
+    #[inline]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Act::Identity => v,
+            Act::Relu => v.max(0.0),
+            Act::Relu6 => v.clamp(0.0, 6.0),
+        }
+    }
+
+    /// Derivative, from the activation's output.
+    #[inline]
+    fn slope(self, y: f32) -> f32 {
+        match self {
+            Act::Identity => 1.0,
+            Act::Relu => (y > 0.0) as u8 as f32,
+            Act::Relu6 => (y > 0.0 && y < 6.0) as u8 as f32,
+        }
+    }
+}
+
+/// Eval-mode batch-norm and its activation in one pass: `y = act(x·scale + shift)` with
+/// `params` = (2, C) rows [scale; shift]. Generic ops take three passes and three
+/// buffers for the same. Gradients flow to `x` only (the statistics are fixed in
+/// eval mode).
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelAffine(pub Act);
+
+impl CustomOp2 for ChannelAffine {
+    fn name(&self) -> &'static str {
+        "channel-affine"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, params) = (slice(s1, l1, "channel-affine")?, slice(s2, l2, "channel-affine")?);
+        let p = Planes::of(l1.shape())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(p.hw).enumerate().for_each(|(plane, out)| {
+            let ch = plane % p.c;
+            let (scale, shift) = (params[ch], params[p.c + ch]);
+            for (o, &v) in out.iter_mut().zip(&x[plane * p.hw..][..p.hw]) {
+                *o = self.0.apply(v * scale + shift);
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, params: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = res.apply_op3_no_bwd(params, &grad.contiguous()?, &ChannelAffineGrad(self.0))?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// dx = dy · scale · act'(y).
+struct ChannelAffineGrad(Act);
+
+impl CustomOp3 for ChannelAffineGrad {
+    fn name(&self) -> &'static str {
+        "channel-affine-grad"
+    }
+
+    fn cpu_fwd(
+        &self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y, params, dy) = (slice(s1, l1, "affine-grad")?, slice(s2, l2, "affine-grad")?, slice(s3, l3, "affine-grad")?);
+        let p = Planes::of(l1.shape())?;
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(p.hw).enumerate().for_each(|(plane, out)| {
+            let scale = params[plane % p.c];
+            let (ys, gs) = (&y[plane * p.hw..][..p.hw], &dy[plane * p.hw..][..p.hw]);
+            for ((o, &v), &g) in out.iter_mut().zip(ys).zip(gs) {
+                *o = g * scale * self.0.slope(v);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}

@@ -12,27 +12,36 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [f32
     Ok(&data[a..b])
 }
 
-/// Calls `f(output index, input index, kernel index)` for every contributing pair
-/// of one (n, c) plane.
+/// Output columns `x` whose input column `x·stride + kj − pad` lies inside the row.
 #[inline]
-fn for_each_tap(g: &Window, mut f: impl FnMut(usize, usize, usize)) {
-    let (oh, ow) = (g.out_h(), g.out_w());
+fn valid_columns(g: &Window, kj: usize) -> std::ops::Range<usize> {
+    let first = g.pad.saturating_sub(kj).div_ceil(g.stride);
+    let last = (g.w + g.pad).checked_sub(kj + 1).map_or(0, |m| m / g.stride + 1).min(g.out_w());
+    first..last.max(first)
+}
+
+/// Calls `f(output row, input row, tap)` for every (output row, kernel tap) pair of a
+/// plane whose input row is inside the image; the row-level loop lets the inner
+/// column loops run without bounds branches.
+#[inline]
+fn for_each_row_tap(g: &Window, mut f: impl FnMut(usize, usize, usize, usize)) {
     for ki in 0..g.kh {
-        for y in 0..oh {
+        for y in 0..g.out_h() {
             let iy = (y * g.stride + ki) as isize - g.pad as isize;
             if iy < 0 || iy as usize >= g.h {
                 continue;
             }
             for kj in 0..g.kw {
-                for x in 0..ow {
-                    let ix = (x * g.stride + kj) as isize - g.pad as isize;
-                    if ix >= 0 && (ix as usize) < g.w {
-                        f(y * ow + x, iy as usize * g.w + ix as usize, ki * g.kw + kj);
-                    }
-                }
+                f(y, iy as usize, ki * g.kw + kj, kj);
             }
         }
     }
+}
+
+/// Input column of output column `x` at tap column `kj` (only for valid columns).
+#[inline]
+fn input_column(g: &Window, x: usize, kj: usize) -> usize {
+    x * g.stride + kj - g.pad
 }
 
 /// `y[n,c] = x[n,c] ⋆ w[c]`, weight shape (C, 1, kh, kw).
@@ -52,7 +61,13 @@ impl CustomOp2 for Depthwise {
         y.par_chunks_mut(plane_out).enumerate().for_each(|(nc, out)| {
             let src = &x[nc * plane_in..][..plane_in];
             let k = &w[(nc % g.c) * taps..][..taps];
-            for_each_tap(&g, |o, i, t| out[o] += src[i] * k[t]);
+            let ow = g.out_w();
+            for_each_row_tap(&g, |y, iy, t, kj| {
+                let (orow, irow, wv) = (&mut out[y * ow..][..ow], &src[iy * g.w..][..g.w], k[t]);
+                for x in valid_columns(&g, kj) {
+                    orow[x] += irow[input_column(&g, x, kj)] * wv;
+                }
+            });
         });
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.out_h(), g.out_w()))))
     }
@@ -87,7 +102,14 @@ impl CustomOp3 for DepthwiseGrad {
             dx.par_chunks_mut(plane_in).enumerate().for_each(|(nc, out)| {
                 let d = &dy[nc * plane_out..][..plane_out];
                 let k = &w[(nc % g.c) * taps..][..taps];
-                for_each_tap(&g, |o, i, t| out[i] += d[o] * k[t]);
+                let ow = g.out_w();
+                for_each_row_tap(&g, |y, iy, t, kj| {
+                    let (drow, wv) = (&d[y * ow..][..ow], k[t]);
+                    let irow = &mut out[iy * g.w..][..g.w];
+                    for x in valid_columns(&g, kj) {
+                        irow[input_column(&g, x, kj)] += drow[x] * wv;
+                    }
+                });
             });
             return Ok((CpuStorage::F32(dx), l1.shape().clone()));
         }
@@ -97,7 +119,11 @@ impl CustomOp3 for DepthwiseGrad {
             for n in 0..g.n {
                 let nc = n * g.c + c;
                 let (src, d) = (&x[nc * plane_in..][..plane_in], &dy[nc * plane_out..][..plane_out]);
-                for_each_tap(&g, |o, i, t| out[t] += d[o] * src[i]);
+                let ow = g.out_w();
+                for_each_row_tap(&g, |y, iy, t, kj| {
+                    let (drow, irow) = (&d[y * ow..][..ow], &src[iy * g.w..][..g.w]);
+                    out[t] += valid_columns(&g, kj).map(|x| drow[x] * irow[input_column(&g, x, kj)]).sum::<f32>();
+                });
             }
         });
         Ok((CpuStorage::F32(dw), l2.shape().clone()))

@@ -8,6 +8,7 @@
 
 use super::attention::{AttentionKind, BlockAttention, GateMix, RecycleAttention};
 use super::depthwise::depthwise_conv2d;
+use super::batchnorm_op::Act;
 use super::layers::{global_avg_pool, BatchNorm2d, Conv2d, Linear};
 use super::params::{Init, Scope};
 use candle_core::{Result, Tensor};
@@ -39,10 +40,6 @@ fn pad_same(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)
-}
-
-fn relu6(x: &Tensor) -> Result<Tensor> {
-    x.clamp(0f32, 6f32)
 }
 
 /// Inverted residual block: 1×1 expand, k×k depthwise, 1×1 project.
@@ -86,11 +83,11 @@ impl MbConv {
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = match &self.expand {
-            Some((conv, bn)) => relu6(&bn.forward_t(&conv.forward(x)?, train)?)?,
+            Some((conv, bn)) => bn.forward_act_t(&conv.forward(x)?, train, Act::Relu6)?,
             None => x.clone(),
         };
         y = depthwise_conv2d(&pad_same(&y, self.kernel, self.stride)?, &self.depthwise, self.stride, 0)?;
-        y = relu6(&self.bn1.forward_t(&y, train)?)?;
+        y = self.bn1.forward_act_t(&y, train, Act::Relu6)?;
         y = self.bn2.forward_t(&self.project.forward(&y)?, train)?;
         if let Some(att) = &self.attention {
             y = att.forward_t(&y, train)?;
@@ -160,14 +157,14 @@ impl EfficientNet {
         let mut y = x.clone();
         for i in range {
             y = if i == 0 {
-                relu6(&self.bn0.forward_t(&self.stem.forward(&pad_same(&y, 3, 2)?)?, train)?)?
+                self.bn0.forward_act_t(&self.stem.forward(&pad_same(&y, 3, 2)?)?, train, Act::Relu6)?
             } else if i <= blocks.len() {
                 for block in &self.blocks[blocks[i - 1].clone()] {
                     y = block.forward_t(&y, train)?;
                 }
                 y
             } else {
-                relu6(&self.bn1.forward_t(&self.head.forward(&y)?, train)?)?
+                self.bn1.forward_act_t(&self.head.forward(&y)?, train, Act::Relu6)?
             };
         }
         Ok(y)

@@ -1,5 +1,6 @@
 //! Building blocks: convolution, batch-norm, linear, with torchvision's parameter names.
 
+use super::batchnorm_op::{Act, ChannelAffine};
 use super::ops;
 use super::params::{Init, Scope};
 use candle_core::{Result, Tensor, Var, D};
@@ -66,11 +67,35 @@ impl BatchNorm2d {
 
     /// `train`: normalise with batch statistics and update the running averages.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_act_t(x, train, Act::Identity)
+    }
+
+    /// Batch-norm followed by `act`; in eval mode on the CPU both run as one pass.
+    pub fn forward_act_t(&self, x: &Tensor, train: bool, act: Act) -> Result<Tensor> {
+        if !train && x.device().is_cpu() {
+            // Detached: eval mode passes gradients to the input only.
+            let params = Tensor::stack(&self.eval_scale_shift()?, 0)?.detach();
+            return x.contiguous()?.apply_op2(&params, ChannelAffine(act));
+        }
+        let y = self.normalise_t(x, train)?;
+        match act {
+            Act::Identity => Ok(y),
+            Act::Relu => y.relu(),
+            Act::Relu6 => y.clamp(0f32, 6f32),
+        }
+    }
+
+    /// The eval-mode transform as one per-channel scale and shift.
+    fn eval_scale_shift(&self) -> Result<[Tensor; 2]> {
+        let scale = (&self.weight / (self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
+        let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+        Ok([scale, shift])
+    }
+
+    fn normalise_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let per_channel = |t: &Tensor| t.reshape((1, (), 1, 1));
         if !train {
-            // Folded into one scale and shift: two passes over x instead of four.
-            let scale = (&self.weight / (self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
-            let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+            let [scale, shift] = self.eval_scale_shift()?;
             return x.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?);
         }
         let (n, _, h, w) = x.dims4()?;
@@ -130,6 +155,30 @@ mod tests {
     use super::*;
     use crate::model::params::ParamStore;
     use candle_core::Device;
+
+    #[test]
+    fn fused_eval_affine_matches_generic_ops_with_input_gradient() {
+        let store = ParamStore::new(&Device::Cpu, 0);
+        let bn = BatchNorm2d::new(&store.root().pp("bn"), 3).unwrap();
+        // Move the statistics away from identity first.
+        bn.forward_t(&Tensor::randn(1f32, 3.0, (4, 3, 5, 5), &Device::Cpu).unwrap(), true).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 4.0, (2, 3, 4, 6), &Device::Cpu).unwrap()).unwrap();
+        for act in [Act::Identity, Act::Relu, Act::Relu6] {
+            let fused = bn.forward_act_t(&x, false, act).unwrap();
+            let plain = bn.normalise_t(&x, false).unwrap();
+            let generic = match act {
+                Act::Identity => plain,
+                Act::Relu => plain.relu().unwrap(),
+                Act::Relu6 => plain.clamp(0f32, 6f32).unwrap(),
+            };
+            let d: f32 = (&fused - &generic).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert!(d < 1e-5, "{act:?}: {d}");
+            let g1 = fused.sum_all().unwrap().backward().unwrap();
+            let g2 = generic.sum_all().unwrap().backward().unwrap();
+            let d: f32 = (g1.get(&x).unwrap() - g2.get(&x).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert!(d < 1e-5, "{act:?} gradient: {d}");
+        }
+    }
 
     /// The fused CPU kernel against the same layer built from Candle's generic ops.
     #[test]

@@ -2,6 +2,7 @@
 //! torchvision checkpoints map one to one.
 
 use super::attention::{AttentionKind, BlockAttention, GateMix, RecycleAttention};
+use super::batchnorm_op::Act;
 use super::layers::{global_avg_pool, BatchNorm2d, Conv2d, Linear};
 use super::ops::max_pool2d;
 use super::params::Scope;
@@ -76,8 +77,8 @@ impl ConvBn {
         })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.bn.forward_t(&self.conv.forward(x)?, train)
+    fn forward_t(&self, x: &Tensor, train: bool, act: Act) -> Result<Tensor> {
+        self.bn.forward_act_t(&self.conv.forward(x)?, train, act)
     }
 }
 
@@ -115,10 +116,9 @@ impl Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
-            y = layer.forward_t(&y, train)?;
-            if i + 1 < self.layers.len() {
-                y = y.relu()?;
-            }
+            // ReLU between convs; the last one comes after the residual add.
+            let act = if i + 1 < self.layers.len() { Act::Relu } else { Act::Identity };
+            y = layer.forward_t(&y, train, act)?;
         }
         if let Some(att) = &self.attention {
             y = att.forward_t(&y, train)?;
@@ -184,7 +184,7 @@ impl ResNet {
         let mut x = x.clone();
         for i in range {
             x = match i {
-                0 => max_pool2d(&self.bn1.forward_t(&self.conv1.forward(&x)?, train)?.relu()?, 3, 2, 1)?,
+                0 => max_pool2d(&self.bn1.forward_act_t(&self.conv1.forward(&x)?, train, Act::Relu)?, 3, 2, 1)?,
                 _ => {
                     for block in &self.stages[i - 1] {
                         x = block.forward_t(&x, train)?;
