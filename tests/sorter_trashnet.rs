@@ -111,3 +111,26 @@ fn run_sorts_real_photos_with_simulated_servos() {
         "the corrupt file is reported with its reason: {stderr}"
     );
 }
+
+#[test]
+fn explain_writes_an_attention_overlay_of_the_seen_region() {
+    let Some(data) = common::trashnet() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out_png = dir.path().join("heat.png");
+    let photo = data.join("dataset-resized/glass/glass12.jpg");
+    let out = common::smartbin()
+        .current_dir(crate_root())
+        .args(["explain", "--model", MODEL])
+        .arg(&photo)
+        .arg("--out").arg(&out_png)
+        .output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spatial gate"));
+    let heat = image::open(&out_png).unwrap().to_rgb8();
+    // 512x384 photo: the model sees a centre square of 384·96/110 = 335 pixels.
+    assert_eq!(heat.dimensions(), (335, 335));
+    let original = image::open(&photo).unwrap().to_rgb8();
+    let crop = image::imageops::crop_imm(&original, (512 - 335) / 2, (384 - 335) / 2, 335, 335).to_image();
+    let changed = heat.pixels().zip(crop.pixels()).filter(|(a, b)| a != b).count();
+    assert!(changed > 335 * 335 / 2, "the overlay must colour the photo");
+}

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 pub mod bench;
 pub mod eval;
+pub mod explain;
 pub mod model_info;
 pub mod predict;
 pub mod quantize;
@@ -30,6 +31,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Print an architecture's parameter count.
     ModelInfo(model_info::ModelInfoArgs),
+    /// Show where the model looks in a photo (attention map or Grad-CAM overlay).
+    Explain(explain::ExplainArgs),
     /// Time the model and the whole sorter loop.
     Bench(bench::BenchArgs),
     /// Rewrite a model file in a smaller number format for the bin.
@@ -45,5 +48,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ModelInfo(a) => model_info::main(a),
         Command::Quantize(a) => quantize::main(a),
         Command::Bench(a) => bench::main(a),
+        Command::Explain(a) => explain::main(a),
     }
 }

@@ -75,14 +75,19 @@ impl RecycleAttention {
         Ok(Self { channel, spatial, mix })
     }
 
+    /// The spatial gate σ(conv7×7(x)), (N, 1, H, W): where the module looks.
+    pub fn spatial_gate(&self, x: &Tensor) -> Result<Tensor> {
+        sigmoid(&self.spatial.forward(x)?)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let spatial = x.broadcast_mul(&sigmoid(&self.spatial.forward(x)?)?)?;
+        let gate = self.spatial_gate(x)?;
+        let spatial = x.broadcast_mul(&gate)?;
         let Some(mlp) = &self.channel else { return Ok(spatial) };
-        let gate = as_channel_gate(&sigmoid(&mlp.forward(&global_avg_pool(x)?)?)?)?;
-        let channel = x.broadcast_mul(&gate)?;
+        let channel = x.broadcast_mul(&as_channel_gate(&sigmoid(&mlp.forward(&global_avg_pool(x)?)?)?)?)?;
         match self.mix {
             GateMix::Sum => channel + spatial,
-            GateMix::Product => channel.broadcast_mul(&sigmoid(&self.spatial.forward(x)?)?),
+            GateMix::Product => channel.broadcast_mul(&gate),
             GateMix::Max => channel.maximum(&spatial),
             GateMix::SpatialOnly => unreachable!("spatial-only has no channel gate"),
         }

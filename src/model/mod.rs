@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod classifier;
 mod depthwise;
 pub mod efficientnet;
+pub mod explain;
 pub mod import;
 pub mod layers;
 pub mod ops;

@@ -196,6 +196,11 @@ impl ResNet {
         Ok(x)
     }
 
+    /// RecycleNet's spatial gate on the last feature map, if the model has one.
+    pub fn attention_map(&self, features: &Tensor) -> Result<Option<Tensor>> {
+        self.attention.as_ref().map(|att| att.spatial_gate(features)).transpose()
+    }
+
     /// What follows the last stage: attention, pooling, classifier.
     pub fn head_t(&self, features: &Tensor) -> Result<Tensor> {
         let x = match &self.attention {

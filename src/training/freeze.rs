@@ -120,7 +120,8 @@ fn features(network: &Network, batches: super::data::EpochBatches, n: usize) -> 
     let mut out: Vec<Option<Tensor>> = vec![None; n];
     for batch in batches {
         let x = batch.images_tensor(network.device())?;
-        let f = network.stages_t(&x, false, stages.clone())?.to_dtype(DType::F16)?.to_device(&Device::Cpu)?;
+        // Detached, or every stored row would keep its whole batch's activation graph alive.
+        let f = network.stages_t(&x, false, stages.clone())?.detach().to_dtype(DType::F16)?.to_device(&Device::Cpu)?;
         for (row, &index) in batch.indices.iter().enumerate() {
             out[index] = Some(f.get(row)?);
         }
