@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+pub mod augment;
 pub mod bench;
 pub mod eval;
 pub mod explain;
@@ -31,6 +32,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Print an architecture's parameter count.
     ModelInfo(model_info::ModelInfoArgs),
+    /// Write augmented copies of a class-folder tree (offline augmentation).
+    Augment(augment::AugmentArgs),
     /// Show where the model looks in a photo (attention map or Grad-CAM overlay).
     Explain(explain::ExplainArgs),
     /// Time the model and the whole sorter loop.
@@ -49,5 +52,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Quantize(a) => quantize::main(a),
         Command::Bench(a) => bench::main(a),
         Command::Explain(a) => explain::main(a),
+        Command::Augment(a) => augment::main(a),
     }
 }

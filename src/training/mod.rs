@@ -1,5 +1,6 @@
 //! Training and evaluation: data, optimiser, the epoch loop, metrics.
 
+pub mod augment;
 pub mod data;
 pub mod eval;
 pub mod freeze;
