@@ -26,6 +26,7 @@ fn config(data: &std::path::Path, save: &std::path::Path, epochs: usize) -> Trai
         pretrained: None,
         freeze: Default::default(),
         feature_views: 8,
+        feature_cache: None,
     }
 }
 
@@ -120,4 +121,16 @@ fn frozen_backbone_trains_only_the_head_on_cached_features() {
     };
     assert!(unchanged("_conv_stem.weight") && unchanged("_blocks.3._bn1.running_mean"), "trunk must not move");
     assert!(!unchanged("_fc.weight") && !unchanged("att.spatial.weight"), "head and attention must learn");
+
+    // A second run with another head reuses the cached trunk features file.
+    let cache = dir.path().join("frozen/features.safetensors");
+    let written = std::fs::metadata(&cache).unwrap().modified().unwrap();
+    let mut c2 = config(&data, &dir.path().join("other-head"), 1);
+    c2.arch = Arch::EfficientnetLite0;
+    c2.att = AttentionKind::None;
+    c2.freeze = smartbin::training::freeze::Freeze::Backbone;
+    c2.feature_views = 2;
+    c2.feature_cache = Some(cache.clone());
+    Trainer::new(c2, &Device::Cpu, None).unwrap().run().unwrap();
+    assert_eq!(std::fs::metadata(&cache).unwrap().modified().unwrap(), written, "cache reused, not rewritten");
 }

@@ -73,6 +73,10 @@ pub struct TrainArgs {
     /// With --freeze backbone: augmented views per image whose features are cached [default: 8]
     #[arg(long)]
     pub feature_views: Option<usize>,
+    /// With --freeze backbone: file for the cached features, reusable by runs on the
+    /// same trunk, views and data [default: <save-dir>/features.safetensors]
+    #[arg(long)]
+    pub feature_cache: Option<PathBuf>,
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -103,6 +107,7 @@ fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
             pretrained: None,
             freeze: Default::default(),
             feature_views: 8,
+            feature_cache: None,
         },
     };
     Ok(TrainConfig {
@@ -123,6 +128,7 @@ fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         limit: args.limit.or(base.limit),
         freeze: args.freeze.clone().unwrap_or(base.freeze),
         feature_views: args.feature_views.unwrap_or(base.feature_views),
+        feature_cache: args.feature_cache.clone().or(base.feature_cache),
         pretrained: if args.no_pretrain { None } else { args.pretrained.clone().or(base.pretrained) },
     })
 }

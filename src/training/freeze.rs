@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 
 /// Which part of the network stays fixed during training.
@@ -111,6 +112,62 @@ impl FeatureCache {
         }
         let val = features(network, epoch_batches(val, inference_batch(size), size, false, false, 0, 0), val.len())?;
         Ok(Self { train: per_view, val })
+    }
+}
+
+impl FeatureCache {
+    /// Loads the cache from `path` if it was written for the same `key`, else builds
+    /// it and writes it there, so several head experiments on one frozen trunk share
+    /// the expensive part.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_or_build(
+        path: &Path,
+        key: &str,
+        network: &Network,
+        train: &ImageCache,
+        val: &ImageCache,
+        views: usize,
+        min_crop_scale: f64,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        match Self::load(path, key, views) {
+            Ok(Some(cache)) => {
+                log::info!("trunk features loaded from {}", path.display());
+                return Ok(cache);
+            }
+            Ok(None) => log::info!("{} is for another run: computing features again", path.display()),
+            Err(e) => log::info!("no usable feature cache at {} ({e}): computing features", path.display()),
+        }
+        let cache = Self::build(network, train, val, views, min_crop_scale, seed)?;
+        cache.save(path, key)?;
+        Ok(cache)
+    }
+
+    fn save(&self, path: &Path, key: &str) -> anyhow::Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (v, view) in self.train.iter().enumerate() {
+            tensors.push((format!("train.{v}"), Tensor::stack(view, 0)?));
+        }
+        tensors.push(("val".into(), Tensor::stack(&self.val, 0)?));
+        let meta = std::collections::HashMap::from([("smartbin.feature_key".to_string(), key.to_string())]);
+        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))?;
+        crate::util::write_atomic(path, &bytes)?;
+        Ok(())
+    }
+
+    fn load(path: &Path, key: &str, views: usize) -> anyhow::Result<Option<Self>> {
+        let bytes = std::fs::read(path)?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        if header.metadata().as_ref().and_then(|m| m.get("smartbin.feature_key")).map(String::as_str) != Some(key) {
+            return Ok(None);
+        }
+        let file = safetensors::SafeTensors::deserialize(&bytes)?;
+        let rows = |name: &str| -> anyhow::Result<Vec<Tensor>> {
+            let t = candle_core::safetensors::Load::load(&file.tensor(name)?, &Device::Cpu)?;
+            Ok(t.chunk(t.dim(0)?, 0)?.into_iter().map(|r| r.squeeze(0)).collect::<candle_core::Result<_>>()?)
+        };
+        let train = (0..views).map(|v| rows(&format!("train.{v}"))).collect::<anyhow::Result<_>>()?;
+        Ok(Some(Self { train, val: rows("val")? }))
     }
 }
 

@@ -51,6 +51,10 @@ pub struct TrainConfig {
     /// features are computed once and reused, one view per epoch in turn.
     #[serde(default = "default_feature_views")]
     pub feature_views: usize,
+    /// Where cached trunk features are kept (default `<save_dir>/features.safetensors`);
+    /// runs that share a frozen trunk can share the file.
+    #[serde(default)]
+    pub feature_cache: Option<PathBuf>,
 }
 
 fn default_feature_views() -> usize {
@@ -150,7 +154,9 @@ impl Trainer {
         let (train, val) = load_data(&config)?;
         let features = if frozen == network.stage_names().len() {
             let c = &config;
-            Some(FeatureCache::build(&network, &train, &val, c.feature_views, c.min_crop_scale, c.seed)?)
+            let key = feature_key(c);
+            let path = c.feature_cache.clone().unwrap_or_else(|| c.save_dir.join("features.safetensors"));
+            Some(FeatureCache::load_or_build(&path, &key, &network, &train, &val, c.feature_views, c.min_crop_scale, c.seed)?)
         } else {
             None
         };
@@ -265,6 +271,15 @@ impl Trainer {
 
 }
 
+/// Everything the cached trunk features depend on.
+fn feature_key(c: &TrainConfig) -> String {
+    let weights = c.pretrained.as_ref().and_then(|p| std::fs::metadata(p).ok().map(|m| (p.clone(), m.len())));
+    format!(
+        "{}|{}|{}|{}|{}|{:?}|{:?}|{}",
+        c.arch, c.image_size, c.feature_views, c.min_crop_scale, c.seed, weights, c.limit, c.data.display()
+    )
+}
+
 type Inputs<'a> = Box<dyn Iterator<Item = (Tensor, Tensor)> + 'a>;
 
 /// An epoch's (input, labels) CPU batches: augmented images, or cached trunk features.
@@ -353,7 +368,7 @@ mod tests {
         let c = TrainConfig {
             arch: Arch::Resnet18, att: AttentionKind::Ours, att_mix: GateMix::Sum, epochs: 100, batch_size: 16,
             lr: 2e-4, momentum: 0.9, weight_decay: 1e-4, lr_step: 40, seed: 1, image_size: 224, min_crop_scale: 0.08,
-            data: "d".into(), save_dir: "s".into(), limit: None, pretrained: None, freeze: Freeze::None, feature_views: 8,
+            data: "d".into(), save_dir: "s".into(), limit: None, pretrained: None, freeze: Freeze::None, feature_views: 8, feature_cache: None,
         };
         assert_eq!(c.lr_at(0), 2e-4);
         assert!((c.lr_at(39) - 2e-4).abs() < 1e-12);
