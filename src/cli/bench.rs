@@ -28,8 +28,8 @@ pub struct BenchArgs {
     pub iters: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Also time the whole loop (decode → classify → decide → simulated servos) on
-    /// the photos in this folder.
+    /// Also time the whole loop (decode → classify → decide → simulated servos) once
+    /// per photo in this folder (all of them, whatever --iters says).
     #[arg(long)]
     pub photos: Option<PathBuf>,
     #[arg(long)]
@@ -92,7 +92,14 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let arch = network.spec.arch.to_string();
     let image_size = network.spec.image_size;
     let whole = match &args.photos {
-        Some(dir) => Some(whole_loop(ModelClassifier { network }, dir)?),
+        Some(dir) => {
+            // One log line per servo move would drown the numbers.
+            let level = log::max_level();
+            log::set_max_level(log::LevelFilter::Warn);
+            let result = whole_loop(ModelClassifier { network }, dir);
+            log::set_max_level(level);
+            Some(result?)
+        }
         None => None,
     };
     let report = Report {

@@ -43,6 +43,9 @@ pub fn main(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         None => predicted,
     };
     let map = heat_map(&network, &x, class)?;
+    if args.class.is_some() && map.method == Method::SpatialGate {
+        log::warn!("--class has no effect here: the spatial gate does not depend on the class");
+    }
     save_png(&overlay(&seen_region(&photo, size), &map, 0.5), &args.out)?;
     let method = match map.method {
         Method::SpatialGate => "RecycleNet spatial gate",

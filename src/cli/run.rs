@@ -50,7 +50,9 @@ pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let spec = parse_source_spec(&config.source.spec)?;
     let options = ReplayOptions { looped: config.source.looped, rate_hz: config.source.rate_hz };
-    let mut trigger = ReplayTrigger::new(open_source(&spec, options, clock.clone())?);
+    let source = open_source(&spec, options, clock.clone())
+        .with_context(|| format!("frame source `{spec}`: set [source] spec in the config or pass --source images:DIR"))?;
+    let mut trigger = ReplayTrigger::new(source);
     if config.decision.frames_per_item > 1 {
         log::info!(
             "frames_per_item = {} applies to camera sources; an image replay classifies one frame per file",

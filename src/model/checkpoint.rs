@@ -15,7 +15,7 @@ pub const OPTIM_PREFIX: &str = "optim.";
 /// "file is fine but for another model".
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("cannot read model file {path}: {source}")]
+    #[error("cannot read model file {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("model file {path} is corrupt or truncated (not a complete safetensors file): {reason}")]
     Corrupt { path: PathBuf, reason: String },

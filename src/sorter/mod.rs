@@ -132,7 +132,7 @@ impl<'a> Sorter<'a> {
 
     /// Homes the servos, sorts until done, homes them again.
     pub fn run(mut self) -> anyhow::Result<Summary> {
-        log::info!("sorting items from {}", self.trigger.describe());
+        log::info!("sorting: {}", self.trigger.describe());
         self.actuator.home().context("homing servos before the first item")?;
         let mut summary = Summary::default();
         let result = self.sort_items(&mut summary);

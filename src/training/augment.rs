@@ -146,7 +146,8 @@ pub struct TreeReport {
 /// Writes `copies` augmented versions of every photo in `root/<class>/` to
 /// `save/<class>/<stem>_aug<k>.jpg`. Existing outputs are left alone.
 pub fn augment_tree(root: &Path, save: &Path, p: Probability, copies: usize, seed: u64) -> anyhow::Result<TreeReport> {
-    let (root_abs, save_abs) = (root.canonicalize()?, absolute(save)?);
+    let root_abs = root.canonicalize().map_err(|e| anyhow::anyhow!("--root-dir {}: {e}", root.display()))?;
+    let save_abs = absolute(save)?;
     if save_abs.starts_with(&root_abs) {
         anyhow::bail!("--save-dir {} is inside --root-dir {}: the source must stay untouched", save.display(), root.display());
     }

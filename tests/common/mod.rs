@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 pub const CLASSES: [&str; 6] = ["glass", "paper", "cardboard", "plastic", "metal", "trash"];
 
 /// The real TrashNet, if this checkout has `../shared/trashnet` beside it.
+/// `SMARTBIN_TRASHNET` points the tests elsewhere.
 pub fn trashnet() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/trashnet");
+    let root = std::env::var_os("SMARTBIN_TRASHNET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/trashnet"));
     if root.join("splits/test.txt").exists() {
         Some(root)
     } else {
