@@ -134,3 +134,26 @@ fn frozen_backbone_trains_only_the_head_on_cached_features() {
     Trainer::new(c2, &Device::Cpu, None).unwrap().run().unwrap();
     assert_eq!(std::fs::metadata(&cache).unwrap().modified().unwrap(), written, "cache reused, not rewritten");
 }
+
+#[test]
+fn partly_frozen_trunk_trains_the_rest_on_cached_stage_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("trashnet");
+    common::fake_trashnet(&data, 6);
+    let mut c = config(&data, &dir.path().join("partial"), 1);
+    c.arch = Arch::EfficientnetLite0;
+    c.freeze = smartbin::training::freeze::Freeze::Until("stage6".into());
+    c.feature_views = 2;
+    let mut t = Trainer::new(c, &Device::Cpu, None).unwrap();
+    t.run().unwrap();
+    assert!(dir.path().join("partial/features.safetensors").exists());
+    let fresh = smartbin::model::Network::new(t.network.spec.clone(), &Device::Cpu, 7).unwrap().store.params();
+    let after = t.network.store.params();
+    let moved = |name: &str| {
+        let a: Vec<f32> = fresh[name].var.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = after[name].var.flatten_all().unwrap().to_vec1().unwrap();
+        a != b
+    };
+    assert!(!moved("_blocks.14._project_conv.weight") && !moved("_blocks.14._bn2.running_mean"), "stage 6 is frozen");
+    assert!(moved("_blocks.15._project_conv.weight") && moved("_blocks.15._bn2.running_mean") && moved("_fc.weight"));
+}

@@ -237,6 +237,26 @@ pub fn conv2d_im2col(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> 
     out.reshape((o, g.n, g.out_h(), g.out_w()))?.transpose(0, 1)?.contiguous()
 }
 
+/// Stride-1 "same" convolution with few output channels (RecycleNet's 7×7 conv to one
+/// channel): im2col would copy every input value k² times (49× for 1280 channels),
+/// so instead one GEMM maps each input pixel to its O·k² tap contributions and
+/// [`Col2Im`] sums them into place. With the kernel flipped, that sum is the
+/// convolution.
+pub fn conv2d_few_outputs(x: &Tensor, weight: &Tensor, pad: usize) -> Result<Tensor> {
+    let (o, c, kh, kw) = weight.dims4()?;
+    let (n, _, h, w) = x.dims4()?;
+    if kh != 2 * pad + 1 || kw != 2 * pad + 1 {
+        candle_core::bail!("conv2d_few_outputs needs a same-size convolution, got {kh}x{kw} with padding {pad}");
+    }
+    let reverse = |k: usize| Tensor::new((0..k as u32).rev().collect::<Vec<_>>(), weight.device());
+    let flipped = weight.index_select(&reverse(kh)?, 2)?.index_select(&reverse(kw)?, 3)?;
+    let taps = flipped.permute((0, 2, 3, 1))?.reshape((o * kh * kw, c))?; // rows (o, ki, kj)
+    let pixels = x.transpose(0, 1)?.contiguous()?.reshape((c, n * h * w))?;
+    let contributions = taps.matmul(&pixels)?; // (O·k², N·H·W)
+    let g = Window { n, c: o, h, w, kh, kw, stride: 1, pad };
+    contributions.apply_op1(Col2Im(g))
+}
+
 /// Max pooling with padding; differentiable on every device.
 pub fn max_pool2d(x: &Tensor, kernel: usize, stride: usize, pad: usize) -> Result<Tensor> {
     let g = window(x, kernel, kernel, stride, pad)?;
@@ -343,6 +363,24 @@ mod tests {
             };
             let numeric = (shifted(1e-2) - shifted(-1e-2)) / 2e-2;
             assert!((numeric - g[i] as f64).abs() < 1e-2, "input cell {i}: {numeric} vs {}", g[i]);
+        }
+    }
+
+    #[test]
+    fn few_output_conv_matches_candle_with_gradients() {
+        for (i, &(n, c, h, w, o, k)) in [(2, 40, 7, 7, 1, 7), (1, 9, 5, 6, 2, 3), (3, 16, 4, 4, 1, 3)].iter().enumerate() {
+            let x = Var::from_tensor(&rand(&[n, c, h, w], 300 + i as u64)).unwrap();
+            let wt = Var::from_tensor(&rand(&[o, c, k, k], 400 + i as u64)).unwrap();
+            let ours = conv2d_few_outputs(&x, &wt, k / 2).unwrap();
+            let reference = x.conv2d(&wt, k / 2, 1, 1, 1).unwrap();
+            assert_eq!(ours.dims(), reference.dims());
+            assert!(max_diff(&ours, &reference) < 1e-5, "forward case {i}");
+            let up = rand(reference.dims(), 500 + i as u64);
+            let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (reference * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &wt] {
+                assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-4, "gradient case {i}");
+            }
         }
     }
 

@@ -82,8 +82,8 @@ impl Freeze {
     }
 }
 
-/// Trunk features of the training images under `views` augmentations and of the
-/// validation images, kept in f16 on the CPU.
+/// Outputs of the frozen stages for the training images under `views`
+/// augmentations and for the validation images, kept in f16 on the CPU.
 pub struct FeatureCache {
     /// `train[view][image]`: (C, H, W).
     pub train: Vec<Vec<Tensor>>,
@@ -93,6 +93,7 @@ pub struct FeatureCache {
 impl FeatureCache {
     pub fn build(
         network: &Network,
+        frozen: usize,
         train: &ImageCache,
         val: &ImageCache,
         views: usize,
@@ -107,10 +108,10 @@ impl FeatureCache {
         let mut per_view = Vec::with_capacity(views);
         for view in 0..views {
             let batches = training_batches(train, inference_batch(size), size, min_crop_scale, seed, view);
-            per_view.push(features(network, batches, train.len())?);
+            per_view.push(features(network, frozen, batches, train.len())?);
             log::info!("trunk features: view {}/{views} done ({:.0}s)", view + 1, started.elapsed().as_secs_f64());
         }
-        let val = features(network, epoch_batches(val, inference_batch(size), size, false, false, 0, 0), val.len())?;
+        let val = features(network, frozen, epoch_batches(val, inference_batch(size), size, false, false, 0, 0), val.len())?;
         Ok(Self { train: per_view, val })
     }
 }
@@ -124,6 +125,7 @@ impl FeatureCache {
         path: &Path,
         key: &str,
         network: &Network,
+        frozen: usize,
         train: &ImageCache,
         val: &ImageCache,
         views: usize,
@@ -138,7 +140,7 @@ impl FeatureCache {
             Ok(None) => log::info!("{} is for another run: computing features again", path.display()),
             Err(e) => log::info!("no usable feature cache at {} ({e}): computing features", path.display()),
         }
-        let cache = Self::build(network, train, val, views, min_crop_scale, seed)?;
+        let cache = Self::build(network, frozen, train, val, views, min_crop_scale, seed)?;
         cache.save(path, key)?;
         Ok(cache)
     }
@@ -171,9 +173,9 @@ impl FeatureCache {
     }
 }
 
-/// Runs the whole trunk in eval mode over `batches`, returning one feature map per image.
-fn features(network: &Network, batches: super::data::EpochBatches, n: usize) -> anyhow::Result<Vec<Tensor>> {
-    let stages = 0..network.stage_names().len();
+/// Runs the first `frozen` stages in eval mode over `batches`, one output per image.
+fn features(network: &Network, frozen: usize, batches: super::data::EpochBatches, n: usize) -> anyhow::Result<Vec<Tensor>> {
+    let stages = 0..frozen;
     let mut out: Vec<Option<Tensor>> = vec![None; n];
     for batch in batches {
         let x = batch.images_tensor(network.device())?;
@@ -184,6 +186,14 @@ fn features(network: &Network, batches: super::data::EpochBatches, n: usize) -> 
         }
     }
     out.into_iter().map(|f| f.ok_or_else(|| anyhow!("an image got no features"))).collect()
+}
+
+/// Bytes the cache would take: f16 outputs of the frozen stages for every view.
+pub fn cache_bytes(network: &Network, frozen: usize, images: usize, views: usize) -> anyhow::Result<usize> {
+    let size = network.spec.image_size as usize;
+    let probe = Tensor::zeros((1, 3, size, size), DType::F32, network.device())?;
+    let out = network.stages_t(&probe, false, 0..frozen)?.elem_count();
+    Ok(out * 2 * images * (views + 1))
 }
 
 /// Stacks cached features of `indices` into an f32 batch on `device`.

@@ -2,7 +2,7 @@
 
 use super::data::{load_split, training_batches, ImageCache, Split};
 use super::eval::evaluate;
-use super::freeze::{stack, FeatureCache, Freeze};
+use super::freeze::{cache_bytes, stack, FeatureCache, Freeze};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use super::sgd::Sgd;
 use crate::model::{checkpoint, Arch, AttentionKind, GateMix, ModelSpec, Network};
@@ -152,11 +152,19 @@ impl Trainer {
         let mut sgd = Sgd::new(network.store.trainable(), config.momentum, config.weight_decay);
         sgd.load_state(&optim);
         let (train, val) = load_data(&config)?;
-        let features = if frozen == network.stage_names().len() {
+        let budget = 6usize << 30;
+        let cache_size = if frozen > 0 { cache_bytes(&network, frozen, train.len(), config.feature_views)? } else { 0 };
+        if cache_size > budget {
+            log::info!("frozen-stage outputs would take {:.1} GiB: computing them every step instead", cache_size as f64 / (1u64 << 30) as f64);
+        }
+        let features = if frozen > 0 && cache_size <= budget {
             let c = &config;
-            let key = feature_key(c);
+            let mut key = feature_key(c);
+            if frozen < network.stage_names().len() {
+                key.push_str(&format!("|frozen {frozen}"));
+            }
             let path = c.feature_cache.clone().unwrap_or_else(|| c.save_dir.join("features.safetensors"));
-            Some(FeatureCache::load_or_build(&path, &key, &network, &train, &val, c.feature_views, c.min_crop_scale, c.seed)?)
+            Some(FeatureCache::load_or_build(&path, &key, &network, frozen, &train, &val, c.feature_views, c.min_crop_scale, c.seed)?)
         } else {
             None
         };
@@ -226,11 +234,12 @@ impl Trainer {
     /// Training-mode logits; frozen stages run in eval mode without gradients.
     fn logits_t(&self, x: &Tensor, device: &Device) -> anyhow::Result<Tensor> {
         let x = x.to_device(device)?;
-        if self.features.is_some() {
-            return Ok(self.network.head_t(&x)?);
-        }
         let all = self.network.stage_names().len();
-        let fixed = self.network.stages_t(&x, false, 0..self.frozen)?.detach();
+        // Cached inputs are already the frozen stages' output.
+        let fixed = match &self.features {
+            Some(_) => x,
+            None => self.network.stages_t(&x, false, 0..self.frozen)?.detach(),
+        };
         Ok(self.network.head_t(&self.network.stages_t(&fixed, true, self.frozen..all)?)?)
     }
 
@@ -246,7 +255,8 @@ impl Trainer {
             let x = stack(&cache.val, chunk, self.network.device())?;
             let labels: Vec<u32> = chunk.iter().map(|&i| self.val.label(i) as u32).collect();
             let y = Tensor::new(labels, self.network.device())?;
-            let logits = self.network.head_t(&x)?;
+            let all = self.network.stage_names().len();
+            let logits = self.network.head_t(&self.network.stages_t(&x, false, self.frozen..all)?)?;
             loss += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
             correct += logits.argmax(D::Minus1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
         }
