@@ -44,6 +44,21 @@ fn default_model_beats_the_from_scratch_baseline_on_the_test_split() {
 }
 
 #[test]
+fn imagenet_transfer_model_keeps_its_accuracy() {
+    let Some(data) = common::trashnet() else { return };
+    let out = common::smartbin()
+        .current_dir(crate_root())
+        .args(["eval", "--split", "test", "--json", "--model", "models/efficientnet_lite0-ours-trashnet.safetensors"])
+        .arg("--data").arg(&data)
+        .output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let top1 = report["top1"].as_f64().unwrap();
+    // The model card says 90.02%.
+    assert!(top1 >= 89.5, "EfficientNet-Lite0 test top-1 {top1:.2}%");
+}
+
+#[test]
 fn run_sorts_real_photos_with_simulated_servos() {
     let Some(data) = common::trashnet() else { return };
     let dir = tempfile::tempdir().unwrap();
