@@ -3,13 +3,8 @@
 //! ops the same layer takes ~15 tensor ops, most of them strided reductions.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use super::ops::contiguous_f32 as slice;
 use rayon::prelude::*;
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    let (a, b) = l.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })?;
-    Ok(&data[a..b])
-}
 
 /// NCHW geometry: `n` images, `c` channels, `hw` pixels per plane.
 #[derive(Debug, Clone, Copy)]

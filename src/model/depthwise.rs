@@ -4,13 +4,8 @@
 
 use super::ops::Window;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use super::ops::contiguous_f32 as slice;
 use rayon::prelude::*;
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &'static str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    let (a, b) = l.contiguous_offsets().ok_or(candle_core::Error::RequiresContiguous { op })?;
-    Ok(&data[a..b])
-}
 
 /// Output columns `x` whose input column `x·stride + kj − pad` lies inside the row.
 #[inline]
