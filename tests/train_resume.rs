@@ -99,6 +99,14 @@ fn train_then_eval_and_predict_through_the_binary() {
     assert!(lines[1]["error"].is_string());
 }
 
+/// Whether training changed parameter `name` (a fresh network with the run's seed
+/// holds the starting weights).
+fn moved_from_start(t: &Trainer, name: &str) -> bool {
+    let fresh = smartbin::model::Network::new(t.network.spec.clone(), &Device::Cpu, 7).unwrap().store.params();
+    let values = |p: &smartbin::model::params::Param| p.var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    values(&fresh[name]) != values(&t.network.store.params()[name])
+}
+
 #[test]
 fn frozen_backbone_trains_only_the_head_on_cached_features() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,14 +119,7 @@ fn frozen_backbone_trains_only_the_head_on_cached_features() {
     let mut t = Trainer::new(c, &Device::Cpu, None).unwrap();
     let history = t.run().unwrap().history.clone();
     assert_eq!(history.len(), 2);
-    let after = t.network.store.params();
-    // A fresh network with the run's seed holds the starting weights.
-    let fresh = smartbin::model::Network::new(t.network.spec.clone(), &Device::Cpu, 7).unwrap().store.params();
-    let unchanged = |name: &str| {
-        let a: Vec<f32> = fresh[name].var.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = after[name].var.flatten_all().unwrap().to_vec1().unwrap();
-        a == b
-    };
+    let unchanged = |name: &str| !moved_from_start(&t, name);
     assert!(unchanged("_conv_stem.weight") && unchanged("_blocks.3._bn1.running_mean"), "trunk must not move");
     assert!(!unchanged("_fc.weight") && !unchanged("att.spatial.weight"), "head and attention must learn");
 
@@ -147,13 +148,7 @@ fn partly_frozen_trunk_trains_the_rest_on_cached_stage_outputs() {
     let mut t = Trainer::new(c, &Device::Cpu, None).unwrap();
     t.run().unwrap();
     assert!(dir.path().join("partial/features.safetensors").exists());
-    let fresh = smartbin::model::Network::new(t.network.spec.clone(), &Device::Cpu, 7).unwrap().store.params();
-    let after = t.network.store.params();
-    let moved = |name: &str| {
-        let a: Vec<f32> = fresh[name].var.flatten_all().unwrap().to_vec1().unwrap();
-        let b: Vec<f32> = after[name].var.flatten_all().unwrap().to_vec1().unwrap();
-        a != b
-    };
+    let moved = |name: &str| moved_from_start(&t, name);
     assert!(!moved("_blocks.14._project_conv.weight") && !moved("_blocks.14._bn2.running_mean"), "stage 6 is frozen");
     assert!(moved("_blocks.15._project_conv.weight") && moved("_blocks.15._bn2.running_mean") && moved("_fc.weight"));
 }

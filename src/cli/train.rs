@@ -133,13 +133,6 @@ fn recipe(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     })
 }
 
-/// Epochs a checkpoint has completed, if it is a training checkpoint.
-fn completed_epochs(path: &std::path::Path) -> Option<usize> {
-    let ckpt = crate::model::checkpoint::read(path, &candle_core::Device::Cpu).ok()?;
-    let state: crate::training::trainer::TrainState = serde_json::from_str(ckpt.metadata.get("smartbin.train_state")?).ok()?;
-    Some(state.epoch)
-}
-
 pub fn main(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if args.evaluate {
         let Some(model) = args.resume.clone() else { bail!("-e/--evaluate needs --resume PATH (the model to evaluate)") };
@@ -154,11 +147,6 @@ pub fn main(args: TrainArgs) -> anyhow::Result<ExitCode> {
         bail!("--batch-size and --lr-step must be positive and --image-size at least 32");
     }
     let device = parse_device(&args.device)?;
-    if let Some(done) = args.resume.as_deref().and_then(completed_epochs) {
-        if done >= config.epochs {
-            bail!("{} already completed {done} of {} epochs: pass --epochs N (N > {done}) to train further", args.resume.as_ref().unwrap().display(), config.epochs);
-        }
-    }
     log::info!("training {} + {:?} on {}: {config:?}", config.arch, config.att, args.device);
     let mut trainer = Trainer::new(config, &device, args.resume.as_deref())?;
     let state = trainer.run()?;

@@ -75,6 +75,24 @@ fn write(
     crate::util::write_atomic(path, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
+/// A model file's metadata, reading only its header (not the tensors).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
+    use std::io::Read;
+    let io = |source| CheckpointError::Io { path: path.into(), source };
+    let corrupt = |reason: String| CheckpointError::Corrupt { path: path.into(), reason };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| corrupt(e.to_string()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(corrupt(format!("header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| corrupt(e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))?;
+    Ok(serde_json::from_value(json["__metadata__"].clone()).unwrap_or_default())
+}
+
 /// Reads and validates a model file's structure (not yet its fit to a network).
 pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError> {
     let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.into(), source })?;

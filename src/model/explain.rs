@@ -1,7 +1,7 @@
 //! Where the model looks: RecycleNet's spatial gate, or Grad-CAM on the last stage
 //! for models without one.
 
-use super::{Backbone, Network};
+use super::Network;
 use candle_core::{Tensor, Var, D};
 
 /// How the heat map was made.
@@ -24,11 +24,7 @@ pub struct HeatMap {
 pub fn heat_map(network: &Network, x: &Tensor, class: usize) -> anyhow::Result<HeatMap> {
     let stages = 0..network.stage_names().len();
     let features = network.stages_t(x, false, stages)?.detach();
-    let gate = match &network.backbone {
-        Backbone::ResNet(net) => net.attention_map(&features)?,
-        Backbone::EfficientNet(net) => net.attention_map(&features)?,
-    };
-    let (method, map) = match gate {
+    let (method, map) = match network.attention_map(&features)? {
         Some(g) => (Method::SpatialGate, g.squeeze(0)?.squeeze(0)?),
         None => (Method::GradCam, grad_cam(network, &features, class)?),
     };

@@ -106,6 +106,14 @@ impl Network {
         }
     }
 
+    /// RecycleNet's spatial gate on the last feature map, if the model has one.
+    pub fn attention_map(&self, features: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        match &self.backbone {
+            Backbone::ResNet(net) => net.attention_map(features),
+            Backbone::EfficientNet(net) => net.attention_map(features),
+        }
+    }
+
     /// Attention (RecycleNet's), pooling and classifier on the last feature map.
     pub fn head_t(&self, features: &Tensor) -> candle_core::Result<Tensor> {
         match &self.backbone {

@@ -133,6 +133,12 @@ impl Trainer {
                 bail!("{} holds a {:?} model, this run is {:?}", path.display(), loaded.spec, network.spec);
             }
             state = serde_json::from_str(ckpt.metadata.get(META_STATE).context("checkpoint has no training state")?)?;
+            if state.epoch >= config.epochs {
+                bail!(
+                    "{} already completed {} of {} epochs: pass --epochs N (N > {}) to train further",
+                    path.display(), state.epoch, config.epochs, state.epoch
+                );
+            }
             optim = ckpt.optim;
             if optim.is_empty() && state.epoch > 0 && config.momentum != 0.0 {
                 log::warn!("{} holds no optimiser state (a model_best file?): momentum restarts from zero; resume from checkpoint.safetensors to continue exactly", path.display());
@@ -364,8 +370,8 @@ fn metrics_csv(history: &[EpochMetrics]) -> String {
 
 /// The training configuration stored in a checkpoint (to resume with the same recipe).
 pub fn stored_config(path: &Path) -> anyhow::Result<TrainConfig> {
-    let ckpt = checkpoint::read(path, &Device::Cpu)?;
-    let json = ckpt.metadata.get(META_CONFIG).with_context(|| format!("{} is not a training checkpoint", path.display()))?;
+    let metadata = checkpoint::read_metadata(path)?;
+    let json = metadata.get(META_CONFIG).with_context(|| format!("{} is not a training checkpoint", path.display()))?;
     Ok(serde_json::from_str(json)?)
 }
 
