@@ -2,7 +2,8 @@
 //!
 //! The modules follow the path an item takes through the bin:
 //! [`source`] (frames) → [`preprocess`] → [`model`] → [`decision`] → [`actuation`],
-//! with [`config`], [`training`], [`sorter`] (the run loop) and [`cli`] beside them.
+//! with [`config`], [`training`], [`sorter`] (the run loop), [`service`] (systemd)
+//! and [`cli`] beside them.
 
 pub mod actuation;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod decision;
 pub mod model;
 pub mod preprocess;
+pub mod service;
 pub mod sorter;
 pub mod source;
 pub mod training;

@@ -35,3 +35,23 @@ fn a_bad_config_line_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 3") && err.contains("threshold"), "{err}");
 }
+
+#[test]
+fn a_missing_camera_names_the_device_and_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bin.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = common::smartbin()
+        .args(["run", "--source", "camera:/dev/smartbin-no-such-camera", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    if cfg!(all(feature = "camera", target_os = "linux")) {
+        assert!(err.contains("/dev/smartbin-no-such-camera") && err.contains("plugged in"), "{err}");
+        assert!(err.contains("smartbin cameras"), "{err}");
+    } else {
+        assert!(err.contains("`camera` feature"), "{err}");
+    }
+}

@@ -1,9 +1,14 @@
-//! Moving rubbish into a bin: servos, bin poses, and the simulated backend.
+//! Moving rubbish into a bin: servos, bin poses, and the PWM backends.
 //!
 //! A bin is reached by a list of (servo, angle) poses applied in order, each given
-//! `settle_ms` to get there; then the item gets `dwell_ms` to fall; then the
-//! servos used go back home in reverse order (for the default bin: the flap levels
-//! first, then the chute turns back).
+//! `settle_ms` to get there (after its ramp, when the servo has a slew rate); then
+//! the item gets `dwell_ms` to fall; then the servos used go back home in reverse
+//! order (for the default bin: the flap levels first, then the chute turns back).
+//! A servo with `detach = true` stops getting pulses once its move has settled.
+//!
+//! Backends, all `embedded_hal::pwm::SetDutyCycle` channels: [`sim`] (records),
+//! [`rpi`] (Raspberry Pi hardware and software PWM through rppal), [`pca9685`]
+//! (16-channel I2C boards) and [`sysfs`] (any Linux PWM chip, e.g. a Jetson).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,11 +19,20 @@ use embedded_hal::pwm::SetDutyCycle;
 use crate::clock::Clock;
 use crate::config::{ActuationConfig, BinConfig};
 
+pub mod device;
+pub mod interlock;
+pub mod pca9685;
+pub mod rpi;
 pub mod servo;
 pub mod sim;
+pub mod sysfs;
 
-pub use servo::{Servo, ServoMove, PERIOD_US};
+pub use device::DeviceError;
+pub use pca9685::pca9685_actuator;
+pub use rpi::{rppal_actuator, rppal_soft_actuator};
+pub use servo::{Servo, ServoMove, PERIOD, PERIOD_US};
 pub use sim::{sim_actuator, SimLog, SimPwm};
+pub use sysfs::{sysfs_actuator, SYSFS_PWM_ROOT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActuationError {
@@ -35,6 +49,13 @@ pub enum ActuationError {
     /// The actuation config does not describe a usable machine.
     #[error("actuation config: {0}")]
     Config(String),
+    /// A PWM device could not be opened or set up; says which and what to check.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The lid interlock kept the servos from moving (stopped while open, or
+    /// its switch could not be read).
+    #[error("interlock {0}")]
+    Interlock(String),
 }
 
 impl ActuationError {
@@ -117,7 +138,8 @@ impl<P: SetDutyCycle> ServoActuator<P> {
             .expect("pose servo checked at construction")
     }
 
-    /// Moves one servo, logs the move, waits for it to settle.
+    /// Moves one servo (ramped if it has a slew rate), logs the move, waits for
+    /// it to settle, then stops its pulses if it detaches.
     fn step(
         &mut self,
         index: usize,
@@ -126,10 +148,15 @@ impl<P: SetDutyCycle> ServoActuator<P> {
         moves: &mut Vec<ServoMove>,
     ) -> Result<(), ActuationError> {
         let at_ms = (self.clock.now() - started).as_millis() as u64;
-        let m = self.servos[index].set_angle(angle, at_ms)?;
+        let servo = &mut self.servos[index];
+        let m = servo.move_to(angle, at_ms, self.clock.as_ref())?;
         log::info!("servo {} -> {:.1}° ({:.0} µs)", m.servo, m.angle, m.pulse_us);
         moves.push(m);
         self.clock.sleep(self.settle);
+        let servo = &mut self.servos[index];
+        if servo.config().detach {
+            servo.detach()?;
+        }
         Ok(())
     }
 
@@ -274,6 +301,55 @@ mod tests {
         assert!(err.to_string().contains("containers, glass, landfill, paper"), "{err}");
         chute.done();
         flap.done();
+    }
+
+    #[test]
+    fn a_slewed_servo_ramps_then_settles_and_moves_are_timed_from_their_start() {
+        // chute at 90°/s: 90° <-> 67.5° is 13 steps of 20 ms; the flap still jumps
+        let mut config = Config::default().actuation;
+        config.servos[0].slew_deg_per_s = Some(90.0);
+        let clock = Arc::new(SimClock::new());
+        let (mut act, log) = sim_actuator(&config, clock.clone()).unwrap();
+        act.home().unwrap();
+        assert_eq!(clock.elapsed(), Duration::from_millis(800), "homing at start-up jumps");
+        let moves = act.route("glass").unwrap();
+        let at: Vec<u64> = moves.iter().map(|m| m.at_ms).collect();
+        assert_eq!(at, [0, 660, 1_860, 2_260]);
+        assert_eq!(clock.elapsed(), Duration::from_millis(800 + 2_920));
+        let chute: Vec<_> = log.records().into_iter().filter(|r| r.servo == "chute").collect();
+        assert_eq!(chute.len(), 1 + 13 + 13);
+        // one step per period, never more than 1.8° (20 µs) apart
+        for pair in chute[1..14].windows(2) {
+            assert_eq!(pair[1].at - pair[0].at, PERIOD);
+            assert!((pair[0].pulse_us() - pair[1].pulse_us()).abs() <= 20.0 + 5.0, "{pair:?}");
+        }
+        assert_eq!(moves[0].angle, 67.5);
+        assert_eq!(act.servos()[0].angle(), Some(90.0));
+    }
+
+    #[test]
+    fn a_detaching_servo_stops_pulses_once_each_move_has_settled() {
+        let mut config = Config::default().actuation;
+        config.servos[1].detach = true;
+        config.servos[1].slew_deg_per_s = Some(600.0);
+        let clock = Arc::new(SimClock::new());
+        let (mut act, log) = sim_actuator(&config, clock.clone()).unwrap();
+        act.home().unwrap();
+        act.route("paper").unwrap();
+        let flap: Vec<_> = log.records().into_iter().filter(|r| r.servo == "flap").collect();
+        let zeros: Vec<usize> = (0..flap.len()).filter(|&i| flap[i].duty == 0).collect();
+        // home, tip (5 steps of 12°), level again (5 steps): each followed by a stop
+        assert_eq!(zeros, [1, 7, 13], "{flap:?}");
+        // settle after the jump home; after a ramp, its last period, then settle
+        let gaps: Vec<Duration> = zeros.iter().map(|&i| flap[i].at - flap[i - 1].at).collect();
+        assert_eq!(gaps, [400, 420, 420].map(Duration::from_millis));
+        assert!(!act.servos()[1].is_attached());
+        assert!(act.servos()[0].is_attached(), "the chute holds its position");
+        for r in log.records().iter().filter(|r| r.duty != 0) {
+            let servo = config.servos.iter().find(|s| s.name == r.servo).unwrap();
+            let pulse = r.pulse_us();
+            assert!((f64::from(servo.min_us)..=f64::from(servo.max_us)).contains(&pulse), "{r:?}");
+        }
     }
 
     #[test]

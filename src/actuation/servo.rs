@@ -5,15 +5,29 @@
 //! `max_us` at `max_angle`); angles in between are linear. Whatever angle is asked
 //! for, the pulse sent stays inside `[min_us, max_us]`: driving a servo past its end
 //! stops stalls the motor and can break the chute.
+//!
+//! Two options keep real servos alive:
+//! - `slew_deg_per_s` ramps a move, one step per PWM period, so a loaded chute does
+//!   not slam into its position (and the power supply does not brown out on the
+//!   stall current of a full-speed start). Every step is an angle inside the range.
+//! - `detach` stops the pulses once a move has settled: an idle servo that keeps
+//!   getting pulses hunts around its target, jitters and heats up.
+
+use std::time::Duration;
 
 use embedded_hal::pwm::{Error as _, SetDutyCycle};
 use serde::{Deserialize, Serialize};
 
 use super::ActuationError;
+use crate::clock::Clock;
 use crate::config::ServoConfig;
 
 /// PWM period of a standard servo: 50 Hz.
 pub const PERIOD_US: f64 = 20_000.0;
+
+/// One PWM period: a slewed move sends one step per period, since the servo cannot
+/// see a change faster than that.
+pub const PERIOD: Duration = Duration::from_millis(20);
 
 /// One commanded position, as sent to the hardware. Written into the event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,7 +38,8 @@ pub struct ServoMove {
     /// The pulse the duty cycle really produces (duty counts are coarse).
     pub pulse_us: f32,
     pub duty: u16,
-    /// Milliseconds since the start of the move sequence (route or home).
+    /// Milliseconds since the start of the move sequence (route or home) at which
+    /// the move began; a slewed move reaches `angle` later.
     pub at_ms: u64,
 }
 
@@ -36,6 +51,9 @@ pub struct Servo<P: SetDutyCycle> {
     /// Smallest and largest duty whose pulse lies inside `[min_us, max_us]`.
     duty_limits: (u16, u16),
     angle: Option<f32>,
+    /// Whether pulses are being sent (false before the first move and after
+    /// [`Servo::detach`]).
+    attached: bool,
 }
 
 impl<P: SetDutyCycle> Servo<P> {
@@ -54,6 +72,11 @@ impl<P: SetDutyCycle> Servo<P> {
                 config.min_angle, config.max_angle
             )));
         }
+        if let Some(rate) = config.slew_deg_per_s {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(bad(format!("slew_deg_per_s {rate} must be a number > 0")));
+            }
+        }
         // Read once: the hardware's resolution does not change, and some drivers
         // answer this over a bus.
         let max_duty = pwm.max_duty_cycle();
@@ -64,7 +87,7 @@ impl<P: SetDutyCycle> Servo<P> {
                 config.min_us, config.max_us
             )));
         }
-        Ok(Servo { config, pwm, max_duty, duty_limits, angle: None })
+        Ok(Servo { config, pwm, max_duty, duty_limits, angle: None, attached: false })
     }
 
     pub fn name(&self) -> &str {
@@ -78,6 +101,11 @@ impl<P: SetDutyCycle> Servo<P> {
     /// Last angle commanded successfully; `None` before the first move.
     pub fn angle(&self) -> Option<f32> {
         self.angle
+    }
+
+    /// Whether the servo is being sent pulses.
+    pub fn is_attached(&self) -> bool {
+        self.attached
     }
 
     /// The clamped angle and the duty that would be sent for `angle`.
@@ -95,9 +123,73 @@ impl<P: SetDutyCycle> Servo<P> {
         (f64::from(duty) * PERIOD_US / f64::from(self.max_duty)) as f32
     }
 
-    /// Moves to `angle` (clamped to the servo's range). `at_ms` is stored in the
-    /// returned move.
+    /// Moves to `angle` (clamped to the servo's range) at once, whatever
+    /// `slew_deg_per_s` says. `at_ms` is stored in the returned move.
     pub fn set_angle(&mut self, angle: f32, at_ms: u64) -> Result<ServoMove, ActuationError> {
+        let target = self.checked_target(angle)?;
+        let duty = self.send(target)?;
+        Ok(self.move_record(target, duty, at_ms))
+    }
+
+    /// Moves to `angle` (clamped to the servo's range), ramped at
+    /// `slew_deg_per_s` when that is set: one step per PWM period, each held for
+    /// one period on `clock`. The first move after start-up jumps, since where
+    /// the servo stands is unknown.
+    pub fn move_to(&mut self, angle: f32, at_ms: u64, clock: &dyn Clock) -> Result<ServoMove, ActuationError> {
+        let target = self.checked_target(angle)?;
+        let duty = match self.ramp(target) {
+            None => self.send(target)?,
+            Some(steps) => {
+                let mut duty = 0;
+                for step in steps {
+                    duty = self.send(step)?;
+                    clock.sleep(PERIOD);
+                }
+                duty
+            }
+        };
+        Ok(self.move_record(target, duty, at_ms))
+    }
+
+    /// Moves to the configured home angle.
+    pub fn home(&mut self, at_ms: u64) -> Result<ServoMove, ActuationError> {
+        self.set_angle(self.config.home, at_ms)
+    }
+
+    /// Stops the pulses: the servo goes limp where it stands. The next move
+    /// starts them again, ramping from the last commanded angle.
+    pub fn detach(&mut self) -> Result<(), ActuationError> {
+        // Duty 0 is no pulse at all, not a 0 µs position command: servos ignore a
+        // line that stays low, so this is outside the pulse limits on purpose.
+        self.pwm.set_duty_cycle(0).map_err(|e| self.pwm_error(e))?;
+        self.attached = false;
+        log::debug!("servo {}: pulses stopped", self.config.name);
+        Ok(())
+    }
+
+    /// The angles a slewed move to `target` sends, one per PWM period and the last
+    /// exactly `target`; `None` when the move is a jump (no slew rate configured,
+    /// or the servo's position is unknown). `target` must be inside the range, and
+    /// so is every step, being between two angles that are.
+    pub fn ramp(&self, target: f32) -> Option<Vec<f32>> {
+        let rate = self.config.slew_deg_per_s?;
+        let from = self.angle?;
+        let per_period = f64::from(rate) * PERIOD.as_secs_f64();
+        let distance = f64::from(target) - f64::from(from);
+        // The small allowance stops float noise from adding a step to an exact fit.
+        let steps = ((distance.abs() / per_period) - 1e-6).ceil().max(1.0) as usize;
+        let mut ramp: Vec<f32> = (1..steps)
+            .map(|k| {
+                let angle = (f64::from(from) + distance * k as f64 / steps as f64) as f32;
+                angle.clamp(self.config.min_angle, self.config.max_angle)
+            })
+            .collect();
+        ramp.push(target);
+        Some(ramp)
+    }
+
+    /// The clamped target for `angle`, warning when clamping changed it.
+    fn checked_target(&self, angle: f32) -> Result<f32, ActuationError> {
         if !angle.is_finite() {
             return Err(ActuationError::Servo {
                 servo: self.config.name.clone(),
@@ -105,7 +197,7 @@ impl<P: SetDutyCycle> Servo<P> {
                 moves: Vec::new(),
             });
         }
-        let (clamped, duty) = self.duty_for(angle);
+        let clamped = angle.clamp(self.config.min_angle, self.config.max_angle);
         if clamped != angle {
             log::warn!(
                 "servo {}: {angle}° is outside {}..={}°, clamped to {clamped}°",
@@ -114,24 +206,34 @@ impl<P: SetDutyCycle> Servo<P> {
                 self.config.max_angle
             );
         }
-        self.pwm.set_duty_cycle(duty).map_err(|e| ActuationError::Servo {
+        Ok(clamped)
+    }
+
+    /// Sends the pulse for `angle` and remembers it; returns the duty sent.
+    fn send(&mut self, angle: f32) -> Result<u16, ActuationError> {
+        let (angle, duty) = self.duty_for(angle);
+        self.pwm.set_duty_cycle(duty).map_err(|e| self.pwm_error(e))?;
+        self.angle = Some(angle);
+        self.attached = true;
+        Ok(duty)
+    }
+
+    fn move_record(&self, angle: f32, duty: u16, at_ms: u64) -> ServoMove {
+        ServoMove {
             servo: self.config.name.clone(),
-            detail: format!("PWM error ({:?}): {e:?}", e.kind()),
-            moves: Vec::new(),
-        })?;
-        self.angle = Some(clamped);
-        Ok(ServoMove {
-            servo: self.config.name.clone(),
-            angle: clamped,
+            angle,
             pulse_us: self.pulse_for_duty(duty),
             duty,
             at_ms,
-        })
+        }
     }
 
-    /// Moves to the configured home angle.
-    pub fn home(&mut self, at_ms: u64) -> Result<ServoMove, ActuationError> {
-        self.set_angle(self.config.home, at_ms)
+    fn pwm_error(&self, e: P::Error) -> ActuationError {
+        ActuationError::Servo {
+            servo: self.config.name.clone(),
+            detail: format!("PWM error ({:?}): {e:?}", e.kind()),
+            moves: Vec::new(),
+        }
     }
 }
 
@@ -154,8 +256,11 @@ fn duty_limits(min_us: u16, max_us: u16, max_duty: u16) -> (u16, u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actuation::sim::{SimLog, SimPwm};
+    use crate::clock::SimClock;
     use embedded_hal_mock::eh1::pwm::{Mock, Transaction};
     use embedded_hal_mock::eh1::MockError;
+    use std::sync::Arc;
 
     fn chute() -> ServoConfig {
         ServoConfig {
@@ -166,6 +271,8 @@ mod tests {
             min_angle: 0.0,
             max_angle: 180.0,
             home: 90.0,
+            slew_deg_per_s: None,
+            detach: false,
         }
     }
 
@@ -238,6 +345,8 @@ mod tests {
             min_angle: 0.0,
             max_angle: 90.0,
             home: 0.0,
+            slew_deg_per_s: None,
+            detach: false,
         };
         let expected = [
             Transaction::max_duty_cycle(20_000),
@@ -286,5 +395,111 @@ mod tests {
         let mut pwm = Mock::new(&[Transaction::max_duty_cycle(0)]);
         assert!(Servo::new(chute(), pwm.clone()).is_err());
         pwm.done();
+    }
+
+    /// A servo on a recording channel (one count per µs) and a virtual clock.
+    fn recorded(config: ServoConfig) -> (Servo<SimPwm>, SimLog, Arc<SimClock>) {
+        let log = SimLog::default();
+        let clock = Arc::new(SimClock::new());
+        let pwm = SimPwm::new(&config.name, 20_000, log.clone(), clock.clone());
+        (Servo::new(config, pwm).unwrap(), log, clock)
+    }
+
+    fn slewed(rate: f32) -> ServoConfig {
+        ServoConfig { slew_deg_per_s: Some(rate), ..chute() }
+    }
+
+    #[test]
+    fn a_slewed_move_steps_once_per_period_never_faster_than_the_rate() {
+        // 90°/s = 1.8° per 20 ms: 90° -> 67.5° is 12.5 periods, so 13 equal steps
+        let (mut servo, log, clock) = recorded(slewed(90.0));
+        servo.move_to(90.0, 0, clock.as_ref()).unwrap();
+        assert_eq!(clock.elapsed(), Duration::ZERO, "the first move jumps: the position is unknown");
+        let start = clock.now();
+        let m = servo.move_to(67.5, 7, clock.as_ref()).unwrap();
+        assert_eq!((m.angle, m.duty, m.at_ms), (67.5, 1_250, 7));
+        let steps = &log.records()[1..];
+        assert_eq!(steps.len(), 13);
+        assert_eq!(clock.elapsed(), 13 * PERIOD, "each step is held one period");
+        for (k, r) in steps.iter().enumerate() {
+            assert_eq!(r.at - start, k as u32 * PERIOD, "step {k}");
+        }
+        // 1.8° is 20 µs; equal steps of 22.5°/13 are 19.2 µs (rounded to counts)
+        let mut previous = 1_500;
+        for r in steps {
+            assert!(previous - r.duty <= 20, "{previous} -> {}", r.duty);
+            previous = r.duty;
+        }
+        assert_eq!(previous, 1_250);
+        assert_eq!(servo.angle(), Some(67.5));
+    }
+
+    #[test]
+    fn an_exact_number_of_periods_adds_no_extra_step() {
+        // 90° at 90°/s is exactly 50 periods
+        let (mut servo, log, clock) = recorded(slewed(90.0));
+        servo.set_angle(90.0, 0).unwrap();
+        servo.move_to(0.0, 0, clock.as_ref()).unwrap();
+        assert_eq!(log.records().len(), 1 + 50);
+        assert_eq!(clock.elapsed(), 50 * PERIOD);
+        // a move shorter than one step is one step
+        servo.move_to(0.5, 0, clock.as_ref()).unwrap();
+        assert_eq!(log.records().len(), 1 + 50 + 1);
+    }
+
+    #[test]
+    fn without_a_slew_rate_a_move_jumps_and_takes_no_time() {
+        let (mut servo, log, clock) = recorded(chute());
+        servo.move_to(90.0, 0, clock.as_ref()).unwrap();
+        servo.move_to(0.0, 0, clock.as_ref()).unwrap();
+        assert_eq!(log.records().len(), 2);
+        assert_eq!(clock.elapsed(), Duration::ZERO);
+        assert_eq!(servo.ramp(45.0), None);
+    }
+
+    #[test]
+    fn slewing_past_the_range_stops_at_the_end_pulse() {
+        // 12-bit channel, narrowed servo: every step must stay in 1000..=2000 µs
+        let narrow = ServoConfig {
+            min_us: 1000,
+            max_us: 2000,
+            max_angle: 90.0,
+            home: 0.0,
+            slew_deg_per_s: Some(400.0),
+            ..chute()
+        };
+        let log = SimLog::default();
+        let clock = Arc::new(SimClock::new());
+        let pwm = SimPwm::new("chute", 4_096, log.clone(), clock.clone());
+        let mut servo = Servo::new(narrow, pwm).unwrap();
+        servo.move_to(-30.0, 0, clock.as_ref()).unwrap();
+        let m = servo.move_to(500.0, 0, clock.as_ref()).unwrap();
+        assert_eq!(m.angle, 90.0);
+        servo.move_to(f32::MIN, 0, clock.as_ref()).unwrap();
+        let records = log.records();
+        assert!(records.len() > 20, "{}", records.len());
+        for r in &records {
+            assert!((1000.0..=2000.0).contains(&r.pulse_us()), "{r:?} -> {} µs", r.pulse_us());
+        }
+        let angles = servo.ramp(90.0).unwrap();
+        assert!(angles.iter().all(|a| (0.0..=90.0).contains(a)), "{angles:?}");
+        let err = servo.move_to(f32::INFINITY, 0, clock.as_ref()).unwrap_err();
+        assert!(err.to_string().contains("non-finite"), "{err}");
+    }
+
+    #[test]
+    fn detach_stops_pulses_and_the_next_move_ramps_from_the_last_angle() {
+        let (mut servo, log, clock) = recorded(ServoConfig { detach: true, ..slewed(180.0) });
+        servo.move_to(90.0, 0, clock.as_ref()).unwrap();
+        assert!(servo.is_attached());
+        servo.detach().unwrap();
+        assert!(!servo.is_attached());
+        assert_eq!(log.last_duty("chute"), Some(0), "duty 0: no pulses at all");
+        assert_eq!(servo.angle(), Some(90.0), "the servo stays where it was sent");
+        // 180°/s = 3.6° per period: 90 -> 97.2 is two steps
+        servo.move_to(97.2, 0, clock.as_ref()).unwrap();
+        let duties: Vec<u16> = log.records().iter().map(|r| r.duty).collect();
+        assert_eq!(duties, [1_500, 0, 1_540, 1_580]);
+        assert!(servo.is_attached());
     }
 }

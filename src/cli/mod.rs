@@ -5,8 +5,12 @@ use std::process::ExitCode;
 
 pub mod augment;
 pub mod bench;
+pub mod bins;
+pub mod cameras;
 pub mod eval;
 pub mod explain;
+pub mod inputs;
+pub mod live;
 pub mod model_info;
 pub mod predict;
 pub mod quantize;
@@ -40,6 +44,12 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Rewrite a model file in a smaller number format for the bin.
     Quantize(quantize::QuantizeArgs),
+    /// Show how full each bin is; `bins reset BIN|--all` after emptying.
+    Bins(bins::BinsArgs),
+    /// List the V4L2 devices: which are cameras, and their formats and frame rates.
+    Cameras(cameras::CamerasArgs),
+    /// Classify a camera's view live in the terminal ('s' saves a frame, 'q' quits).
+    Live(live::LiveArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -53,5 +63,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench::main(a),
         Command::Explain(a) => explain::main(a),
         Command::Augment(a) => augment::main(a),
+        Command::Bins(a) => bins::main(a),
+        Command::Cameras(a) => cameras::main(a),
+        Command::Live(a) => live::main(a),
     }
 }

@@ -2,17 +2,25 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use anyhow::Context;
 
-use crate::actuation::{sim_actuator, Actuator};
+use crate::actuation::{
+    pca9685_actuator, rppal_actuator, rppal_soft_actuator, sim_actuator, sysfs_actuator, Actuator, SYSFS_PWM_ROOT,
+};
 use crate::clock::{Clock, SimClock, SystemClock};
 use crate::config::{ActuationConfig, ActuatorBackend, Config};
 use crate::decision::DecisionPolicy;
-use crate::sorter::{install_stop_signals, EventLog, Sorter};
-use crate::source::{open_source, parse_source_spec, ReplayOptions, ReplayTrigger};
+use crate::decision::fill::FillMonitor;
+use crate::model::Classifier;
+use crate::service::{install_reload_signal, spawn_watchdog, BeatingClock, BeatingSource, ServiceHooks};
+use crate::sorter::{install_stop_signals, EventLog, Sorter, Summary};
+use crate::source::Trigger;
+use crate::source::{open_configured, parse_source_spec};
 
 /// Where `run` looks for its config when `--config` is not given.
 pub const DEFAULT_CONFIG: &str = "firmware-config/smartbin.toml";
@@ -23,7 +31,7 @@ pub struct RunArgs {
     /// when that file does not exist]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Frame source, overriding [source] spec (e.g. images:samples)
+    /// Frame source, overriding [source] spec (e.g. images:samples, camera:0)
     #[arg(long, value_name = "SPEC")]
     pub source: Option<String>,
     /// Actuator backend, overriding [actuation] backend
@@ -45,50 +53,150 @@ pub struct RunArgs {
 }
 
 pub fn main(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = load_config(&args)?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut config = load_config(&args)?;
+    let signals = Signals::install()?;
+    let service = ServiceHooks::default();
+    // Every wait in the loop sleeps through this clock, so waiting counts as
+    // alive for the watchdog while a hung read or move does not.
+    let clock: Arc<dyn Clock> = Arc::new(BeatingClock::new(Arc::new(SystemClock), service.heartbeat.clone()));
+    let _watchdog = spawn_watchdog(service.notifier.clone(), service.heartbeat.clone());
 
-    let spec = parse_source_spec(&config.source.spec)?;
-    let options = ReplayOptions { looped: config.source.looped, rate_hz: config.source.rate_hz };
-    let source = open_source(&spec, options, clock.clone())
-        .with_context(|| format!("frame source `{spec}`: set [source] spec in the config or pass --source images:DIR"))?;
-    let mut trigger = ReplayTrigger::new(source);
-    if config.decision.frames_per_item > 1 {
-        log::info!(
-            "frames_per_item = {} applies to camera sources; an image replay classifies one frame per file",
-            config.decision.frames_per_item
-        );
+    let mut bin = Bin::build(&config, &args, clock.clone(), &service, &signals)?;
+    let mut total = Summary::default();
+    loop {
+        let summary = bin.sort(&config, &args, &total, clock.clone(), &service, &signals)?;
+        total.add(&summary);
+        if !signals.reload_requested() {
+            break;
+        }
+        service.notifier.reloading();
+        signals.clear_reload();
+        match load_config(&args) {
+            Ok(new) => {
+                log::info!("SIGHUP: config reloaded; restarting the camera, model and servos with it");
+                // The old camera and PWM channels must be released before the
+                // new ones open the same devices.
+                drop(bin);
+                bin = match Bin::build(&new, &args, clock.clone(), &service, &signals) {
+                    Ok(rebuilt) => {
+                        config = new;
+                        rebuilt
+                    }
+                    Err(e) => {
+                        log::error!("SIGHUP: the new config failed to start, going back to the old one: {e:#}");
+                        Bin::build(&config, &args, clock.clone(), &service, &signals)?
+                    }
+                };
+            }
+            Err(e) => log::error!("SIGHUP: new config refused, still running the old one: {e:#}"),
+        }
+    }
+    service.notifier.stopping();
+    println!("{total}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The signal flags. `interrupt` is what the loop, the trigger and the camera
+/// wait on; `stop` (SIGINT/SIGTERM) and `reload` (SIGHUP) say why it was raised.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    interrupt: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let signals = Signals {
+            stop: Arc::default(),
+            reload: Arc::default(),
+            interrupt: Arc::default(),
+        };
+        install_stop_signals(&signals.stop).context("installing SIGINT/SIGTERM handlers")?;
+        install_reload_signal(&signals.reload).context("installing the SIGHUP handler")?;
+        for signal in [SIGINT, SIGTERM, SIGHUP] {
+            signal_hook::flag::register(signal, Arc::clone(&signals.interrupt))
+                .context("installing signal handlers")?;
+        }
+        Ok(signals)
     }
 
-    let mut classifier = crate::model::load_classifier(&config.model.path, &config.model.device).with_context(|| {
-        format!(
-            "loading model {} (set [model] path in the config or pass --model)",
-            config.model.path.display()
+    fn reload_requested(&self) -> bool {
+        self.reload.load(Ordering::SeqCst) && !self.stop.load(Ordering::SeqCst)
+    }
+
+    fn clear_reload(&self) {
+        self.reload.store(false, Ordering::SeqCst);
+        self.interrupt.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Everything a config builds. Kept as it is when a reloaded config is refused.
+struct Bin {
+    trigger: Box<dyn Trigger>,
+    classifier: Box<dyn Classifier>,
+    actuator: Box<dyn Actuator>,
+    fill: Option<FillMonitor>,
+    policy: DecisionPolicy,
+}
+
+impl Bin {
+    fn build(
+        config: &Config,
+        args: &RunArgs,
+        clock: Arc<dyn Clock>,
+        service: &ServiceHooks,
+        signals: &Signals,
+    ) -> anyhow::Result<Bin> {
+        let interrupt = signals.interrupt.clone();
+        let spec = parse_source_spec(&config.source.spec)?;
+        let source = open_configured(&spec, &config.source, clock.clone(), interrupt.clone()).with_context(|| {
+            format!("frame source `{spec}`: set [source] spec in the config or pass --source images:DIR or camera:N")
+        })?;
+        let source = Box::new(BeatingSource::new(source, service.heartbeat.clone()));
+        let trigger = super::inputs::build_trigger(config, &spec, source, clock.clone(), interrupt.clone())?;
+
+        let classifier = crate::model::load_classifier(&config.model.path, &config.model.device).with_context(|| {
+            format!(
+                "loading model {} (set [model] path in the config or pass --model)",
+                config.model.path.display()
+            )
+        })?;
+        let policy = DecisionPolicy::from_config(&config.decision);
+        warn_about_coverage(&policy, classifier.class_names());
+
+        let actuator = build_actuator(&config.actuation, clock.clone(), args.realtime)?;
+        let actuator = super::inputs::with_interlock(actuator, &config.interlock, clock.clone(), interrupt)?;
+        let fill = super::inputs::build_fill(config, clock)?;
+        Ok(Bin { trigger, classifier, actuator, fill, policy })
+    }
+
+    /// Sorts until the source ends, `--max-items` is reached or a signal comes.
+    fn sort(
+        &mut self,
+        config: &Config,
+        args: &RunArgs,
+        done: &Summary,
+        clock: Arc<dyn Clock>,
+        service: &ServiceHooks,
+        signals: &Signals,
+    ) -> anyhow::Result<Summary> {
+        let events = EventLog::open(&config.log.events)?;
+        log::info!("event log: {} (next id {})", events.path().display(), events.next_id());
+        let handled = done.items + done.bad_frames;
+        Sorter::new(
+            self.trigger.as_mut(),
+            self.classifier.as_mut(),
+            self.actuator.as_mut(),
+            self.policy.clone(),
+            events,
+            clock,
         )
-    })?;
-    let policy = DecisionPolicy::from_config(&config.decision);
-    warn_about_coverage(&policy, classifier.class_names());
-
-    let mut actuator = build_actuator(&config.actuation, clock.clone(), args.realtime)?;
-    let events = EventLog::open(&config.log.events)?;
-    log::info!("event log: {} (next id {})", events.path().display(), events.next_id());
-
-    let stop = Arc::new(AtomicBool::new(false));
-    install_stop_signals(&stop).context("installing SIGINT/SIGTERM handlers")?;
-
-    let summary = Sorter::new(
-        &mut trigger,
-        classifier.as_mut(),
-        actuator.as_mut(),
-        policy,
-        events,
-        clock,
-    )
-    .with_stop_flag(stop)
-    .with_max_items(args.max_items)
-    .run()?;
-    println!("{summary}");
-    Ok(ExitCode::SUCCESS)
+        .with_stop_flag(signals.interrupt.clone())
+        .with_max_items(args.max_items.map(|max| max.saturating_sub(handled)))
+        .with_fill(self.fill.as_mut())
+        .with_service(service.clone())
+        .run()
+    }
 }
 
 /// The config file (or defaults) with the command-line overrides applied and
@@ -128,6 +236,28 @@ fn build_actuator(config: &ActuationConfig, clock: Arc<dyn Clock>, realtime: boo
             // are the output.
             let (actuator, _record) = sim_actuator(config, clock)?;
             log::info!("actuator: simulated servos ({} servos, {} bins)", config.servos.len(), config.bins.len());
+            Ok(Box::new(actuator))
+        }
+        // Real servos move in real time, whatever --realtime says.
+        ActuatorBackend::Rppal => {
+            let actuator = rppal_actuator(config, clock).context("starting Raspberry Pi hardware PWM")?;
+            log::info!("actuator: Raspberry Pi hardware PWM ({} servos)", config.servos.len());
+            Ok(Box::new(actuator))
+        }
+        ActuatorBackend::RppalSoft => {
+            let actuator = rppal_soft_actuator(config, clock).context("starting Raspberry Pi software PWM")?;
+            log::info!("actuator: Raspberry Pi software PWM ({} servos)", config.servos.len());
+            Ok(Box::new(actuator))
+        }
+        ActuatorBackend::Pca9685 => {
+            let actuator = pca9685_actuator(config, clock).context("starting the PCA9685 servo board")?;
+            log::info!("actuator: PCA9685 ({} servos)", config.servos.len());
+            Ok(Box::new(actuator))
+        }
+        ActuatorBackend::Sysfs => {
+            let actuator = sysfs_actuator(config, Path::new(SYSFS_PWM_ROOT), clock)
+                .context("starting Linux sysfs PWM")?;
+            log::info!("actuator: sysfs PWM chip {} ({} servos)", config.sysfs.chip, config.servos.len());
             Ok(Box::new(actuator))
         }
     }

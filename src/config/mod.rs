@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::source::trigger::{TriggerMode, MAX_GPIO_PIN};
+
 /// Shortest and longest servo pulse accepted anywhere, in µs. Hobby servos are
 /// specified between these; beyond them many hit their end stops.
 pub const PULSE_LIMITS_US: (u16, u16) = (500, 2500);
@@ -20,14 +22,22 @@ pub const PULSE_LIMITS_US: (u16, u16) = (500, 2500);
 pub const MAX_FRAMES_PER_ITEM: u32 = 16;
 /// Longest settle or dwell time accepted, in ms: more is surely a typo.
 pub const MAX_WAIT_MS: u64 = 10_000;
+/// Servo slew rates accepted, in degrees per second: slower would take minutes
+/// per item; faster than 3600 (72° per 20 ms) is a jump anyway.
+pub const SLEW_LIMITS_DEG_PER_S: (f32, f32) = (1.0, 3600.0);
+/// PCA9685 internal oscillators accepted, in Hz (nominal 25 MHz).
+pub const PCA9685_OSCILLATOR_HZ: (u32, u32) = (20_000_000, 30_000_000);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub model: ModelConfig,
     pub source: SourceConfig,
+    pub trigger: TriggerConfig,
     pub decision: DecisionConfig,
     pub actuation: ActuationConfig,
+    pub fill: FillConfig,
+    pub interlock: InterlockConfig,
     pub log: LogConfig,
 }
 
@@ -43,7 +53,7 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
-    /// `images:DIR` (see [`crate::source::parse_source_spec`]).
+    /// `images:DIR` or `camera:ARG` (see [`crate::source::parse_source_spec`]).
     pub spec: String,
     /// Replay the folder again after the last file.
     #[serde(rename = "loop")]
@@ -51,6 +61,8 @@ pub struct SourceConfig {
     /// Frames per second at most; unset = as fast as the loop runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_hz: Option<f64>,
+    /// `[source.camera]`: format, size and rate asked of a `camera:` source.
+    pub camera: crate::source::CameraConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,11 +77,21 @@ pub struct DecisionConfig {
     pub classes: BTreeMap<String, String>,
 }
 
+/// What drives the servos. A servo's `channel` means what the backend calls a
+/// channel (see each variant).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum ActuatorBackend {
     /// Simulated PWM channels that only log what they would send.
     Sim,
+    /// Raspberry Pi hardware PWM; channel = PWM channel (0, 1; 0..=3 on a Pi 5).
+    Rppal,
+    /// Raspberry Pi software PWM on any GPIO; channel = BCM GPIO number.
+    RppalSoft,
+    /// PCA9685 16-channel I2C board; channel = board channel 0..=15.
+    Pca9685,
+    /// Linux sysfs PWM (/sys/class/pwm), e.g. a Jetson; channel = pwmM of the chip.
+    Sysfs,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,8 +100,42 @@ pub struct ActuationConfig {
     pub backend: ActuatorBackend,
     /// Time a servo gets to reach a commanded angle before the next move.
     pub settle_ms: u64,
+    pub rppal: RppalConfig,
+    pub pca9685: Pca9685Config,
+    pub sysfs: SysfsConfig,
     pub servos: Vec<ServoConfig>,
     pub bins: Vec<BinConfig>,
+}
+
+/// `[actuation.rppal]`: Raspberry Pi hardware PWM.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RppalConfig {
+    /// pwmchip number; unset = rppal picks it by Pi model (pwmchip0 on a Pi 4
+    /// and older, pwmchip2 on a Pi 5). Set it when a kernel numbers them otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chip: Option<u8>,
+}
+
+/// `[actuation.pca9685]`: the I2C servo board.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pca9685Config {
+    /// I2C bus: /dev/i2c-N.
+    pub bus: u8,
+    /// 7-bit board address, set by its A0..A5 jumpers.
+    pub address: u8,
+    /// The board's oscillator. Nominally 25 MHz, but chips run from about 23 to
+    /// 27 MHz; measuring it keeps pulse widths (and so the limits) exact.
+    pub oscillator_hz: u32,
+}
+
+/// `[actuation.sysfs]`: generic Linux PWM.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysfsConfig {
+    /// N of /sys/class/pwm/pwmchipN.
+    pub chip: u32,
 }
 
 /// One servo. Pulses are linear in angle between (`min_angle`, `min_us`) and
@@ -96,6 +152,14 @@ pub struct ServoConfig {
     pub max_angle: f32,
     /// Rest angle, between items and at shutdown.
     pub home: f32,
+    /// Top speed in degrees per second: moves are ramped, one step per 20 ms.
+    /// Unset = jump straight to each angle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slew_deg_per_s: Option<f32>,
+    /// Stop the pulses once a move has settled, so an idle servo neither jitters
+    /// nor heats. Leave false for a servo that must hold a load.
+    #[serde(default)]
+    pub detach: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +178,94 @@ pub struct BinConfig {
 pub struct Pose {
     pub servo: String,
     pub angle: f32,
+}
+
+/// `[trigger]`: when an item is on the tray (see [`crate::source::trigger`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TriggerConfig {
+    pub mode: TriggerMode,
+    /// motion: picture of the empty tray; unset = learned at start-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background: Option<PathBuf>,
+    /// motion: still frames averaged into the learned background.
+    pub learn_frames: u32,
+    /// motion: how far the background moves towards each empty frame (0..=1).
+    pub background_rate: f32,
+    /// motion: grey levels (0..255) a thumbnail pixel must change by to count.
+    pub pixel_threshold: f32,
+    /// motion: share of the tray that must differ from the background.
+    pub presence_fraction: f32,
+    /// motion: frames the difference must last (N); also the empty frames that re-arm.
+    pub present_frames: u32,
+    /// motion: share of the tray that may change between frames of a still picture.
+    pub still_fraction: f32,
+    /// motion: still frames before the item is taken (M).
+    pub still_frames: u32,
+    /// Something unsettled, or an item not gone after its sort, is reported after this.
+    pub timeout_s: f64,
+    /// gpio: a level must hold this long to count.
+    pub debounce_ms: u64,
+    /// gpio: wait after the beam breaks before the first frame (the hand leaves).
+    pub delay_ms: u64,
+    /// gpio: the level the input reads while an item is there.
+    pub active: Level,
+    pub pull: Pull,
+}
+
+/// A GPIO level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Low,
+    High,
+}
+
+/// The Pi's built-in resistor on a GPIO input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pull {
+    Up,
+    Down,
+    Off,
+}
+
+/// `[fill]`: how full each bin is. Empty = not watched.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FillConfig {
+    /// Where items for a full bin go; unset = they wait until it is emptied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overflow_bin: Option<String>,
+    /// Bin -> items it holds; the count since the last `smartbin bins reset`.
+    pub capacity: BTreeMap<String, u32>,
+    /// HC-SR04 ultrasonic sensors looking down into bins.
+    pub sensors: Vec<FillSensorConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FillSensorConfig {
+    pub bin: String,
+    /// BCM GPIO numbers.
+    pub trigger_pin: u8,
+    pub echo_pin: u8,
+    /// The bin is full when the rubbish is closer than this to the sensor.
+    pub full_cm: f32,
+}
+
+/// `[interlock]`: a lid or hand switch; no servo moves while it is open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InterlockConfig {
+    /// BCM GPIO number; unset = no interlock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<u8>,
+    /// The level the input reads while the lid is open.
+    pub active: Level,
+    pub pull: Pull,
+    /// The lid must read closed this long before servos move.
+    pub debounce_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,7 +290,12 @@ impl Default for ModelConfig {
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        SourceConfig { spec: "images:samples".into(), looped: false, rate_hz: None }
+        SourceConfig {
+            spec: "images:samples".into(),
+            looped: false,
+            rate_hz: None,
+            camera: crate::source::CameraConfig::default(),
+        }
     }
 }
 
@@ -173,6 +330,8 @@ impl Default for ActuationConfig {
             min_angle: 0.0,
             max_angle,
             home,
+            slew_deg_per_s: None,
+            detach: false,
         };
         let bin = |name: &str, chute_angle| BinConfig {
             name: name.into(),
@@ -185,6 +344,9 @@ impl Default for ActuationConfig {
         ActuationConfig {
             backend: ActuatorBackend::Sim,
             settle_ms: 400,
+            rppal: RppalConfig::default(),
+            pca9685: Pca9685Config::default(),
+            sysfs: SysfsConfig::default(),
             servos: vec![
                 servo("chute", 0, 500, 2500, 180.0, 90.0),
                 servo("flap", 1, 1000, 2000, 90.0, 0.0),
@@ -199,6 +361,40 @@ impl Default for ActuationConfig {
     }
 }
 
+impl Default for TriggerConfig {
+    fn default() -> Self {
+        TriggerConfig {
+            mode: TriggerMode::Auto,
+            background: None,
+            learn_frames: 10,
+            background_rate: 0.05,
+            pixel_threshold: 25.0,
+            presence_fraction: 0.005,
+            present_frames: 3,
+            still_fraction: 0.002,
+            still_frames: 6,
+            timeout_s: 30.0,
+            debounce_ms: 50,
+            delay_ms: 500,
+            active: Level::Low,
+            pull: Pull::Up,
+        }
+    }
+}
+
+impl Default for InterlockConfig {
+    /// A switch to ground with the pull-up: a cut wire reads open, so it fails safe.
+    fn default() -> Self {
+        InterlockConfig { pin: None, active: Level::High, pull: Pull::Up, debounce_ms: 100 }
+    }
+}
+
+impl Default for Pca9685Config {
+    fn default() -> Self {
+        Pca9685Config { bus: 1, address: 0x40, oscillator_hz: 25_000_000 }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig { events: PathBuf::from("events.jsonl") }
@@ -210,8 +406,11 @@ impl Default for Config {
         Config {
             model: ModelConfig::default(),
             source: SourceConfig::default(),
+            trigger: TriggerConfig::default(),
             decision: DecisionConfig::default(),
             actuation: ActuationConfig::default(),
+            fill: FillConfig::default(),
+            interlock: InterlockConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -306,8 +505,13 @@ impl Config {
         check_model(&self.model, &mut out);
         check_source(&self.source, &mut out);
         check_servos(&self.actuation, &mut out);
+        check_backend(&self.actuation, &mut out);
         check_bins(&self.actuation, &mut out);
         check_decision(&self.decision, &self.actuation, &mut out);
+        check_trigger(&self.trigger, &mut out);
+        check_fill(&self.fill, &self.actuation, &mut out);
+        check_interlock(&self.interlock, &mut out);
+        check_pins(self, &mut out);
         if self.log.events.as_os_str().is_empty() {
             out.push(Problem::new(&["log", "events"], "is empty; allowed: a file path"));
         }
@@ -383,6 +587,9 @@ fn check_source(source: &SourceConfig, out: &mut Vec<Problem>) {
             ));
         }
     }
+    for (key, message) in source.camera.problems() {
+        out.push(Problem::new(&["source", "camera", key], message));
+    }
 }
 
 fn check_servos(actuation: &ActuationConfig, out: &mut Vec<Problem>) {
@@ -409,6 +616,17 @@ fn check_servos(actuation: &ActuationConfig, out: &mut Vec<Problem>) {
         }
         if !channels.insert(s.channel) {
             out.push(Problem::at(key("channel"), format!("channel {} is used by two servos", s.channel)));
+        } else if let Some(message) = channel_problem(actuation, s.channel) {
+            out.push(Problem::at(key("channel"), message));
+        }
+        if let Some(rate) = s.slew_deg_per_s {
+            let (slow, fast) = SLEW_LIMITS_DEG_PER_S;
+            if !(slow..=fast).contains(&rate) {
+                out.push(Problem::at(
+                    key("slew_deg_per_s"),
+                    format!("{rate} is out of range; allowed: {slow}..={fast} (or leave it out to jump)"),
+                ));
+            }
         }
         for (field, us) in [("min_us", s.min_us), ("max_us", s.max_us)] {
             if !(lo..=hi).contains(&us) {
@@ -432,6 +650,45 @@ fn check_servos(actuation: &ActuationConfig, out: &mut Vec<Problem>) {
                 format!("{}° is outside the servo; allowed: {}..={}", s.home, s.min_angle, s.max_angle),
             ));
         }
+    }
+}
+
+/// Why `channel` cannot exist on the configured backend, if it cannot.
+fn channel_problem(actuation: &ActuationConfig, channel: u8) -> Option<String> {
+    let (allowed, what) = match actuation.backend {
+        ActuatorBackend::Pca9685 => (0..=15, "a PCA9685 board channel"),
+        // A pwmchip named in [actuation.rppal] may have more channels.
+        ActuatorBackend::Rppal if actuation.rppal.chip.is_none() => {
+            (0..=3, "a Raspberry Pi PWM channel (0 and 1; 0..=3 on a Pi 5)")
+        }
+        // GPIO 0 and 1 belong to the HAT ID EEPROM.
+        ActuatorBackend::RppalSoft => (2..=27, "a BCM GPIO number on the 40-pin header"),
+        _ => return None,
+    };
+    (!allowed.contains(&channel)).then(|| {
+        format!(
+            "{channel} is not {what}; allowed: {}..={}",
+            allowed.start(),
+            allowed.end()
+        )
+    })
+}
+
+fn check_backend(actuation: &ActuationConfig, out: &mut Vec<Problem>) {
+    let pca = &actuation.pca9685;
+    // Jumpers A0..A5 give 0x40..=0x7f; 0x70 is every board's all-call address.
+    if !(0x40..=0x7f).contains(&pca.address) || pca.address == 0x70 {
+        out.push(Problem::new(
+            &["actuation", "pca9685", "address"],
+            format!("0x{:02x} is not a PCA9685 address; allowed: 0x40..=0x7f except 0x70", pca.address),
+        ));
+    }
+    let (low, high) = PCA9685_OSCILLATOR_HZ;
+    if !(low..=high).contains(&pca.oscillator_hz) {
+        out.push(Problem::new(
+            &["actuation", "pca9685", "oscillator_hz"],
+            format!("{} is out of range; allowed: {low}..={high}", pca.oscillator_hz),
+        ));
     }
 }
 
@@ -511,6 +768,100 @@ fn check_decision(decision: &DecisionConfig, actuation: &ActuationConfig, out: &
                 &["decision", "classes", class],
                 format!("no bin named `{bin}`; allowed: {allowed}"),
             ));
+        }
+    }
+}
+
+/// Adds "VALUE is out of range; allowed: ALLOWED" for `keys` unless `ok`.
+fn check_range(out: &mut Vec<Problem>, keys: &[&str], value: impl fmt::Display, ok: bool, allowed: &str) {
+    if !ok {
+        out.push(Problem::new(keys, format!("{value} is out of range; allowed: {allowed}")));
+    }
+}
+
+/// Longest wait accepted for a timeout, in seconds (a day).
+const MAX_TIMEOUT_S: f64 = 86_400.0;
+/// An HC-SR04 measures up to about 4 m.
+const MAX_FULL_CM: f32 = 400.0;
+
+fn check_trigger(t: &TriggerConfig, out: &mut Vec<Problem>) {
+    let key = |k: &'static str| ["trigger", k];
+    if t.background.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        out.push(Problem::new(&key("background"), "is empty; allowed: a picture file (or leave it out)"));
+    }
+    check_range(out, &key("learn_frames"), t.learn_frames, (1..=1000).contains(&t.learn_frames), "1..=1000");
+    check_range(out, &key("background_rate"), t.background_rate, (0.0..=1.0).contains(&t.background_rate), "0.0..=1.0");
+    let thr = t.pixel_threshold;
+    check_range(out, &key("pixel_threshold"), thr, thr > 0.0 && thr <= 255.0, "above 0 up to 255");
+    let f = t.presence_fraction;
+    check_range(out, &key("presence_fraction"), f, f > 0.0 && f < 1.0, "between 0.0 and 1.0");
+    let f = t.still_fraction;
+    check_range(out, &key("still_fraction"), f, (0.0..1.0).contains(&f), "0.0 up to (not including) 1.0");
+    for (k, n) in [("present_frames", t.present_frames), ("still_frames", t.still_frames)] {
+        check_range(out, &key(k), n, (1..=1000).contains(&n), "1..=1000");
+    }
+    let s = t.timeout_s;
+    check_range(out, &key("timeout_s"), s, s > 0.0 && s <= MAX_TIMEOUT_S, "above 0 up to 86400");
+    for (k, ms) in [("debounce_ms", t.debounce_ms), ("delay_ms", t.delay_ms)] {
+        check_range(out, &key(k), ms, ms <= MAX_WAIT_MS, &format!("0..={MAX_WAIT_MS}"));
+    }
+}
+
+fn check_fill(fill: &FillConfig, actuation: &ActuationConfig, out: &mut Vec<Problem>) {
+    let bins: Vec<&str> = actuation.bins.iter().map(|b| b.name.as_str()).collect();
+    let allowed = bins.join(", ");
+    if let Some(bin) = &fill.overflow_bin {
+        if !bins.contains(&bin.as_str()) {
+            out.push(Problem::new(&["fill", "overflow_bin"], format!("no bin named `{bin}`; allowed: {allowed}")));
+        }
+    }
+    for (bin, &items) in &fill.capacity {
+        let key = ["fill", "capacity", bin.as_str()];
+        if !bins.contains(&bin.as_str()) {
+            out.push(Problem::new(&key, format!("no bin named `{bin}`; allowed: {allowed}")));
+        }
+        check_range(out, &key, items, items >= 1, "1 or more items");
+    }
+    for (i, sensor) in fill.sensors.iter().enumerate() {
+        let key = |f: &str| vec![Seg::Key("fill".into()), Seg::Key("sensors".into()), Seg::Index(i), Seg::Key(f.into())];
+        if !bins.contains(&sensor.bin.as_str()) {
+            out.push(Problem::at(key("bin"), format!("no bin named `{}`; allowed: {allowed}", sensor.bin)));
+        }
+        if sensor.trigger_pin == sensor.echo_pin {
+            out.push(Problem::at(key("echo_pin"), format!("GPIO {} is also the trigger_pin", sensor.echo_pin)));
+        }
+        let cm = sensor.full_cm;
+        if !(cm > 0.0 && cm <= MAX_FULL_CM) {
+            out.push(Problem::at(key("full_cm"), format!("{cm} is out of range; allowed: above 0 up to {MAX_FULL_CM}")));
+        }
+    }
+}
+
+fn check_interlock(interlock: &InterlockConfig, out: &mut Vec<Problem>) {
+    let ms = interlock.debounce_ms;
+    check_range(out, &["interlock", "debounce_ms"], ms, ms <= MAX_WAIT_MS, &format!("0..={MAX_WAIT_MS}"));
+}
+
+/// Every GPIO pin is on the header and used once.
+fn check_pins(config: &Config, out: &mut Vec<Problem>) {
+    let mut pins: Vec<(Vec<Seg>, u8)> = Vec::new();
+    if let TriggerMode::Gpio(pin) = config.trigger.mode {
+        pins.push((path(&["trigger", "mode"]), pin));
+    }
+    if let Some(pin) = config.interlock.pin {
+        pins.push((path(&["interlock", "pin"]), pin));
+    }
+    for (i, sensor) in config.fill.sensors.iter().enumerate() {
+        for (field, pin) in [("trigger_pin", sensor.trigger_pin), ("echo_pin", sensor.echo_pin)] {
+            let key = vec![Seg::Key("fill".into()), Seg::Key("sensors".into()), Seg::Index(i), Seg::Key(field.into())];
+            pins.push((key, pin));
+        }
+    }
+    for (n, (key, pin)) in pins.iter().enumerate() {
+        if *pin > MAX_GPIO_PIN {
+            out.push(Problem::at(key.clone(), format!("GPIO {pin} is not on the header; allowed: 0..={MAX_GPIO_PIN} (BCM numbers)")));
+        } else if let Some((other, _)) = pins[..n].iter().find(|(_, p)| p == pin) {
+            out.push(Problem::at(key.clone(), format!("GPIO {pin} is already used by {}", key_string(other))));
         }
     }
 }
@@ -751,9 +1102,9 @@ mod tests {
         assert_eq!(key.as_deref(), Some("actuation.servos[0].min_us"));
         assert!(msg.contains("invalid type") && msg.contains("u16"), "{msg}");
 
-        let (line, _, msg) = parse_err("[actuation]\nbackend = \"pca9685\"\n");
+        let (line, _, msg) = parse_err("[actuation]\nbackend = \"pigpio\"\n");
         assert_eq!(line, 2);
-        assert!(msg.contains("`sim`"), "{msg}");
+        assert!(msg.contains("`sim`") && msg.contains("`rppal-soft`") && msg.contains("`sysfs`"), "{msg}");
 
         let (line, _, _) = parse_err("[model]\npath = \"a\"\ndevice = \n");
         assert_eq!(line, 3);
@@ -854,9 +1205,15 @@ home = 0
 
     #[test]
     fn other_rules_name_their_key() {
-        let (key, line, msg) = invalid("[source]\nspec = \"camera:/dev/video0\"\n");
+        let (key, line, msg) = invalid("[source]\nspec = \"rtsp://cam\"\n");
         assert_eq!((key.as_str(), line), ("source.spec", Some(2)));
-        assert!(msg.contains("edge work"), "{msg}");
+        assert!(msg.contains("camera:/dev/videoN"), "{msg}");
+        let (key, line, msg) = invalid("[source]\nspec = \"camera:0\"\n\n[source.camera]\nwidth = 640\nfps = 0\n");
+        assert_eq!((key.as_str(), line), ("source.camera.fps", Some(6)));
+        assert!(msg.contains("1..=240"), "{msg}");
+        let (line, key, msg) = parse_err("[source.camera]\nformat = \"h264\"\n");
+        assert_eq!((line, key.as_deref()), (2, Some("source.camera.format")));
+        assert!(msg.contains("`mjpeg`, `yuyv`"), "{msg}");
         let (key, line, _) = invalid("[source]\nrate_hz = 0\n");
         assert_eq!((key.as_str(), line), ("source.rate_hz", Some(2)));
         let (key, _, _) = invalid("[model]\ndevice = \"gpu\"\n");
@@ -869,11 +1226,142 @@ home = 0
     }
 
     #[test]
+    fn hardware_backends_and_their_tables_parse() {
+        let c = Config::parse(
+            "[actuation]\nbackend = \"pca9685\"\n[actuation.pca9685]\nbus = 3\naddress = 0x41\n\
+             [actuation.rppal]\nchip = 0\n[actuation.sysfs]\nchip = 4\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.actuation.backend, ActuatorBackend::Pca9685);
+        assert_eq!(c.actuation.pca9685, Pca9685Config { bus: 3, address: 0x41, oscillator_hz: 25_000_000 });
+        assert_eq!(c.actuation.rppal.chip, Some(0));
+        assert_eq!(c.actuation.sysfs.chip, 4);
+        for (name, backend) in [("rppal", ActuatorBackend::Rppal), ("rppal-soft", ActuatorBackend::RppalSoft)] {
+            let c = Config::parse(&format!("[actuation]\nbackend = \"{name}\"\n"), "t");
+            // rppal-soft refuses the default channels 0 and 1 (the HAT EEPROM pins)
+            match backend {
+                ActuatorBackend::Rppal => assert_eq!(c.unwrap().actuation.backend, backend),
+                _ => assert!(c.is_err()),
+            }
+        }
+        // clap and serde spell the backends alike
+        use clap::ValueEnum;
+        for b in ActuatorBackend::value_variants() {
+            let name = b.to_possible_value().unwrap().get_name().to_string();
+            let text = toml::to_string(&ActuationConfig { backend: *b, ..ActuationConfig::default() }).unwrap();
+            assert!(text.contains(&format!("backend = \"{name}\"")), "{text}");
+        }
+    }
+
+    #[test]
+    fn servo_slew_and_detach_default_to_the_old_behaviour() {
+        let c = Config::parse(TWO_SERVOS, "t").unwrap();
+        assert!(c.actuation.servos.iter().all(|s| s.slew_deg_per_s.is_none() && !s.detach));
+        let text = TWO_SERVOS.replace("home = 90\n", "home = 90\nslew_deg_per_s = 120\ndetach = true\n");
+        let c = Config::parse(&text, "t").unwrap();
+        assert_eq!(c.actuation.servos[0].slew_deg_per_s, Some(120.0));
+        assert!(c.actuation.servos[0].detach && !c.actuation.servos[1].detach);
+    }
+
+    #[test]
+    fn new_actuation_keys_are_checked_at_their_line() {
+        let text = TWO_SERVOS.replace("home = 0\n", "home = 0\nslew_deg_per_s = 0\n");
+        let (key, line, msg) = invalid(&text);
+        assert_eq!((key.as_str(), line), ("actuation.servos[1].slew_deg_per_s", Some(21)));
+        assert!(msg.contains("1..=3600"), "{msg}");
+
+        let text = TWO_SERVOS.replace("settle_ms = 300", "settle_ms = 300\nbackend = \"pca9685\"")
+            .replace("channel = 1", "channel = 16");
+        let (key, line, msg) = invalid(&text);
+        assert_eq!((key.as_str(), line), ("actuation.servos[1].channel", Some(16)));
+        assert!(msg.contains("PCA9685") && msg.contains("0..=15"), "{msg}");
+
+        let text = TWO_SERVOS.replace("settle_ms = 300", "settle_ms = 300\nbackend = \"rppal\"")
+            .replace("channel = 1", "channel = 4");
+        let (key, _, msg) = invalid(&text);
+        assert_eq!(key, "actuation.servos[1].channel");
+        assert!(msg.contains("0..=3"), "{msg}");
+        // a pwmchip named by hand may have more channels
+        let text = format!("{text}\n[actuation.rppal]\nchip = 0\n");
+        Config::parse(&text, "t").unwrap();
+
+        let (key, line, msg) = invalid("[actuation.pca9685]\nbus = 1\naddress = 0x70\n");
+        assert_eq!((key.as_str(), line), ("actuation.pca9685.address", Some(3)));
+        assert!(msg.contains("0x70") && msg.contains("0x40..=0x7f"), "{msg}");
+        let (key, _, _) = invalid("[actuation.pca9685]\noscillator_hz = 2500000\n");
+        assert_eq!(key, "actuation.pca9685.oscillator_hz");
+
+        let (line, key, _) = parse_err("[actuation.sysfs]\nchip = 0\npath = \"/sys\"\n");
+        assert_eq!((line, key.as_deref()), (3, Some("actuation.sysfs.path")));
+    }
+
+    #[test]
     fn validate_catches_bad_overrides_without_a_line() {
         let mut c = Config::default();
         c.actuation.servos[0].min_us = 100;
         let err = c.validate().unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { line: None, .. }), "{err}");
         assert!(err.to_string().contains("actuation.servos[0].min_us"), "{err}");
+    }
+
+    #[test]
+    fn trigger_fill_and_interlock_parse() {
+        let text = "[trigger]\nmode = \"gpio:17\"\nactive = \"high\"\npull = \"down\"\n\
+                    background = \"cal/tray.png\"\n\
+                    [fill]\noverflow_bin = \"landfill\"\ncapacity = { glass = 40 }\n\
+                    [[fill.sensors]]\nbin = \"paper\"\ntrigger_pin = 23\necho_pin = 24\nfull_cm = 12.5\n\
+                    [interlock]\npin = 27\n";
+        let c = Config::parse(text, "t").unwrap();
+        assert_eq!(c.trigger.mode, TriggerMode::Gpio(17));
+        assert_eq!((c.trigger.active, c.trigger.pull), (Level::High, Pull::Down));
+        assert_eq!(c.trigger.background, Some(PathBuf::from("cal/tray.png")));
+        assert_eq!(c.fill.capacity["glass"], 40);
+        assert_eq!(c.fill.sensors[0].echo_pin, 24);
+        assert_eq!(c.interlock.pin, Some(27));
+        assert_eq!(c.interlock.active, Level::High, "default: open reads high");
+        // and they survive a save
+        let dir = tempfile::tempdir().unwrap();
+        c.save(&dir.path().join("c.toml")).unwrap();
+        assert_eq!(Config::load(&dir.path().join("c.toml")).unwrap(), c);
+    }
+
+    #[test]
+    fn trigger_keys_name_their_line() {
+        let (line, key, msg) = parse_err("[trigger]\nmode = \"beam\"\n");
+        assert_eq!((line, key.as_deref()), (2, Some("trigger.mode")));
+        assert!(msg.contains("gpio:<pin>"), "{msg}");
+        let (line, _, msg) = parse_err("[trigger]\n\nmode = \"gpio:31\"\n");
+        assert_eq!(line, 3);
+        assert!(msg.contains("gpio:0 ..= gpio:27"), "{msg}");
+        let (key, line, msg) = invalid("[trigger]\nstill_frames = 2\npresence_fraction = 0\n");
+        assert_eq!((key.as_str(), line), ("trigger.presence_fraction", Some(3)));
+        assert!(msg.contains("between 0.0 and 1.0"), "{msg}");
+        let (key, _, _) = invalid("[trigger]\ntimeout_s = 0\n");
+        assert_eq!(key, "trigger.timeout_s");
+        let (key, _, _) = invalid("[trigger]\ndebounce_ms = 20000\n");
+        assert_eq!(key, "trigger.debounce_ms");
+        let (_, _, msg) = parse_err("[trigger]\nactive = \"on\"\n");
+        assert!(msg.contains("`low`") && msg.contains("`high`"), "{msg}");
+    }
+
+    #[test]
+    fn fill_and_pins_are_checked() {
+        let (key, line, msg) = invalid("[fill]\ncapacity = { glas = 10 }\n");
+        assert_eq!((key.as_str(), line), ("fill.capacity.glas", Some(2)));
+        assert!(msg.contains("containers"), "{msg}");
+        let (key, _, _) = invalid("[fill.capacity]\nglass = 0\n");
+        assert_eq!(key, "fill.capacity.glass");
+        let (key, line, _) = invalid("[fill]\noverflow_bin = \"compost\"\n");
+        assert_eq!((key.as_str(), line), ("fill.overflow_bin", Some(2)));
+        let sensor = "[[fill.sensors]]\nbin = \"glass\"\ntrigger_pin = 5\necho_pin = 6\nfull_cm = 10\n";
+        let (key, line, _) = invalid(&sensor.replace("full_cm = 10", "full_cm = -1"));
+        assert_eq!((key.as_str(), line), ("fill.sensors[0].full_cm", Some(5)));
+        let (key, line, msg) = invalid(&format!("[trigger]\nmode = \"gpio:5\"\n{sensor}"));
+        assert_eq!((key.as_str(), line), ("fill.sensors[0].trigger_pin", Some(5)));
+        assert!(msg.contains("GPIO 5 is already used by trigger.mode"), "{msg}");
+        let (key, line, msg) = invalid("[interlock]\npin = 40\n");
+        assert_eq!((key.as_str(), line), ("interlock.pin", Some(2)));
+        assert!(msg.contains("0..=27"), "{msg}");
     }
 }

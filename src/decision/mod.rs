@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use crate::config::DecisionConfig;
 
+pub mod fill;
+
 /// What to do with one item, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {

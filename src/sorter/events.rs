@@ -36,6 +36,10 @@ pub struct Event {
     pub bin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A bin that was full when the item came: the item went to `bin` (the
+    /// overflow) instead, or waited until it was emptied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_ms: Option<f64>,
     /// From frames in hand to servos back home. With simulated servos on virtual

@@ -25,8 +25,10 @@ use anyhow::Context;
 
 use crate::actuation::{ActuationError, Actuator};
 use crate::clock::Clock;
+use crate::decision::fill::{FillMonitor, Placement};
 use crate::decision::{Decision, DecisionPolicy};
 use crate::model::Classifier;
+use crate::service::{status_line, ServiceHooks};
 use crate::source::{Frame, SourceError, Trigger};
 
 pub mod events;
@@ -46,6 +48,20 @@ pub struct Summary {
     pub errors: u64,
     /// The stop flag ended the run.
     pub stopped: bool,
+}
+
+impl Summary {
+    /// Adds another run's counts to these (a reload splits one service run
+    /// into several sorter runs).
+    pub fn add(&mut self, other: &Summary) {
+        self.items += other.items;
+        for (bin, n) in &other.per_bin {
+            *self.per_bin.entry(bin.clone()).or_default() += n;
+        }
+        self.bad_frames += other.bad_frames;
+        self.errors += other.errors;
+        self.stopped |= other.stopped;
+    }
 }
 
 impl fmt::Display for Summary {
@@ -86,6 +102,8 @@ pub struct Sorter<'a> {
     clock: Arc<dyn Clock>,
     stop: Arc<AtomicBool>,
     max_items: Option<u64>,
+    service: Option<ServiceHooks>,
+    fill: Option<&'a mut FillMonitor>,
 }
 
 /// The result of classifying and deciding one item.
@@ -115,12 +133,26 @@ impl<'a> Sorter<'a> {
             clock,
             stop: Arc::new(AtomicBool::new(false)),
             max_items: None,
+            fill: None,
+            service: None,
         }
     }
 
     /// The flag that ends the loop after the current item.
     pub fn with_stop_flag(mut self, stop: Arc<AtomicBool>) -> Self {
         self.stop = stop;
+        self
+    }
+
+    /// Beat `hooks.heartbeat` every iteration and report each item to systemd.
+    pub fn with_service(mut self, hooks: ServiceHooks) -> Self {
+        self.service = Some(hooks);
+        self
+    }
+
+    /// Check bin fill levels before each item and count items into bins.
+    pub fn with_fill(mut self, fill: Option<&'a mut FillMonitor>) -> Self {
+        self.fill = fill;
         self
     }
 
@@ -134,6 +166,12 @@ impl<'a> Sorter<'a> {
     pub fn run(mut self) -> anyhow::Result<Summary> {
         log::info!("sorting: {}", self.trigger.describe());
         self.actuator.home().context("homing servos before the first item")?;
+        if let Some(service) = &self.service {
+            // Model loaded, source open, servos home: systemd may start what
+            // depends on us, and its start timeout ends here.
+            service.notifier.ready();
+            service.notifier.status(&format!("ready: {}", self.trigger.describe()));
+        }
         let mut summary = Summary::default();
         let result = self.sort_items(&mut summary);
         // Home even after an error: a chute left turned is in the way of hands.
@@ -149,6 +187,9 @@ impl<'a> Sorter<'a> {
     fn sort_items(&mut self, summary: &mut Summary) -> anyhow::Result<()> {
         let mut handled = 0u64;
         loop {
+            if let Some(service) = &self.service {
+                service.heartbeat.beat();
+            }
             if self.stop.load(Ordering::SeqCst) {
                 log::info!("stop requested; finishing");
                 summary.stopped = true;
@@ -159,7 +200,11 @@ impl<'a> Sorter<'a> {
                 return Ok(());
             }
             match self.trigger.next_item() {
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    // Triggers end early on the stop flag too.
+                    summary.stopped = self.stop.load(Ordering::SeqCst);
+                    return Ok(());
+                }
                 Ok(Some(frames)) => self.sort_one(frames, summary)?,
                 Err(SourceError::BadFrame { origin, reason }) => {
                     log::warn!("skipping unreadable frame {origin}: {reason}");
@@ -212,15 +257,23 @@ impl<'a> Sorter<'a> {
         }
         let had_error = event.error.is_some();
 
-        let routed = self.actuator.route(&outcome.bin);
+        let Some(bin) = self.place(&outcome.bin, &mut event) else {
+            summary.errors += 1;
+            self.events.append(&mut event)?;
+            return Ok(());
+        };
+        let routed = self.actuator.route(&bin);
         let homing = match routed {
             Ok(moves) => {
                 event.moves = moves;
-                *summary.per_bin.entry(outcome.bin).or_default() += 1;
+                if let Some(fill) = self.fill.as_deref_mut() {
+                    fill.record(&bin);
+                }
+                *summary.per_bin.entry(bin).or_default() += 1;
                 Ok(())
             }
             Err(e) => {
-                log::error!("routing to {}: {e}", outcome.bin);
+                log::error!("routing to {bin}: {e}");
                 event.moves = e.completed_moves().to_vec();
                 append_error(&mut event.error, &e);
                 self.recover_home(&mut event)
@@ -233,7 +286,50 @@ impl<'a> Sorter<'a> {
         }
         // Write before acting on a failed homing: the event must not be lost.
         self.events.append(&mut event)?;
+        self.report_status(&event, summary);
         homing
+    }
+
+    fn report_status(&self, event: &Event, summary: &Summary) {
+        let Some(service) = &self.service else { return };
+        let last = match (&event.class, &event.bin) {
+            (Some(class), Some(bin)) => format!("#{} {class} -> {bin}", event.id),
+            (None, Some(bin)) => format!("#{} unclassified -> {bin}", event.id),
+            _ => format!("#{}", event.id),
+        };
+        service.notifier.status(&status_line(&last, summary.items, summary.errors));
+    }
+
+    /// The bin the item goes to after the fill check, which may wait while its
+    /// bin is full; `None` when the run was stopped during that wait (the item
+    /// stays on the tray and the event says so).
+    fn place(&mut self, bin: &str, event: &mut Event) -> Option<String> {
+        let Some(fill) = self.fill.as_deref_mut() else {
+            return Some(bin.to_string());
+        };
+        match fill.place(bin, &self.stop) {
+            Placement::Route { bin, full, note } => {
+                if let Some(note) = note {
+                    event.reason = Some(match event.reason.take() {
+                        Some(reason) => format!("{reason}; {note}"),
+                        None => note,
+                    });
+                }
+                event.full = full;
+                event.bin = Some(bin.clone());
+                Some(bin)
+            }
+            Placement::Stopped { full } => {
+                let text = format!("bin {full} full; stopped while the item waited on the tray");
+                event.error = Some(match event.error.take() {
+                    Some(previous) => format!("{previous}; {text}"),
+                    None => text,
+                });
+                event.full = Some(full);
+                event.bin = None;
+                None
+            }
+        }
     }
 
     /// After a failed route: send the servos home, noting those moves too.

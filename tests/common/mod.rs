@@ -43,7 +43,20 @@ pub fn fake_trashnet(root: &Path, per_class: usize) {
     }
 }
 
-/// Path of the built `smartbin` binary.
+/// A command running the built `smartbin` binary. Cargo's target runner only
+/// wraps the test binaries, so a cross-built suite (tests under qemu-aarch64)
+/// names its runner in `SMARTBIN_TEST_RUNNER`, e.g.
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu`.
 pub fn smartbin() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_smartbin"))
+    let binary = env!("CARGO_BIN_EXE_smartbin");
+    let runner = std::env::var("SMARTBIN_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = std::process::Command::new(program);
+            command.args(words).arg(binary);
+            command
+        }
+        None => std::process::Command::new(binary),
+    }
 }
