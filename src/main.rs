@@ -1,7 +1,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    smartbin::service::logging::init();
     keep_freed_memory();
     let cli = smartbin::cli::Cli::parse();
     match smartbin::cli::dispatch(cli) {

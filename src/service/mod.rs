@@ -9,6 +9,8 @@
 //! beating its [`Heartbeat`]: a loop stuck in a camera read, a servo write or
 //! the classifier stops the beats, the pings stop, and systemd restarts us.
 
+pub mod logging;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
