@@ -1054,6 +1054,15 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_config_is_valid_and_names_the_installed_models() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let c = Config::load(&root.join("firmware-config/deb/smartbin.toml")).unwrap();
+        let model = c.model.path.strip_prefix("/usr/share/smartbin/").expect("installed model path");
+        assert!(root.join(model).exists(), "{} is not shipped", model.display());
+        assert_eq!(c.source.spec, "camera:");
+    }
+
+    #[test]
     fn overrides_replace_only_what_they_name() {
         let c = Config::parse(
             "[decision]\nthreshold = 0.8\n[decision.classes]\nplastic = \"landfill\"\n\

@@ -1,0 +1,61 @@
+//! The shipped models give the same probabilities on every build target: a
+//! cross-built suite (aarch64 under qemu: NEON GEMM, our kernels compiled for
+//! another ISA) is checked against numbers recorded on x86-64.
+//!
+//! `SMARTBIN_BLESS=1 cargo test --test golden_outputs` rewrites the fixture
+//! after a deliberate change to a model or the preprocessing.
+
+use std::path::Path;
+
+const FIXTURE: &str = "tests/fixtures/golden_probs.json";
+const MODELS: [&str; 2] = ["resnet18-ours-trashnet.safetensors", "efficientnet_lite0-ours-trashnet.safetensors"];
+/// f32 sums in another order on another ISA: about 1e-6 apart; a wrong kernel
+/// is off by far more.
+const TOLERANCE: f32 = 2e-4;
+
+/// Two photos with structure at several scales, so every layer's output matters.
+fn photos() -> Vec<image::RgbImage> {
+    let stripes = image::RgbImage::from_fn(320, 240, |x, y| {
+        image::Rgb([((x * 7) % 256) as u8, ((y * 3 + x) % 256) as u8, (((x / 20 + y / 20) % 2) * 200) as u8])
+    });
+    let blob = image::RgbImage::from_fn(256, 256, |x, y| {
+        let (dx, dy) = (x as f32 - 128.0, y as f32 - 110.0);
+        let inside = dx * dx / 4900.0 + dy * dy / 2500.0 < 1.0;
+        if inside { image::Rgb([40, 120 + (x % 50) as u8, 60]) } else { image::Rgb([230, 228, 220]) }
+    });
+    vec![stripes, blob]
+}
+
+fn probabilities() -> serde_json::Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut all = serde_json::Map::new();
+    for name in MODELS {
+        let mut model = smartbin::model::load_classifier(&root.join("models").join(name), "cpu").unwrap();
+        let probs = model.classify(&photos()).unwrap();
+        all.insert(name.to_string(), serde_json::json!(probs));
+    }
+    serde_json::Value::Object(all)
+}
+
+#[test]
+fn shipped_models_match_the_recorded_probabilities() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(FIXTURE);
+    let got = probabilities();
+    if std::env::var_os("SMARTBIN_BLESS").is_some() {
+        std::fs::write(&path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+        eprintln!("wrote {}", path.display());
+        return;
+    }
+    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for name in MODELS {
+        let (got, want) = (&got[name], &want[name]);
+        assert_eq!(got.as_array().unwrap().len(), want.as_array().unwrap().len(), "{name}: photos");
+        let pairs = got.as_array().unwrap().iter().zip(want.as_array().unwrap());
+        for (photo, (g, w)) in pairs.enumerate() {
+            for (class, (g, w)) in g.as_array().unwrap().iter().zip(w.as_array().unwrap()).enumerate() {
+                let (g, w) = (g.as_f64().unwrap() as f32, w.as_f64().unwrap() as f32);
+                assert!((g - w).abs() <= TOLERANCE, "{name} photo {photo} class {class}: {g} vs recorded {w}");
+            }
+        }
+    }
+}
