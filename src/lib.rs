@@ -6,6 +6,7 @@
 //! and [`cli`] beside them.
 
 pub mod actuation;
+pub mod calibration;
 pub mod cli;
 pub mod clock;
 pub mod config;

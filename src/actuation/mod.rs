@@ -28,11 +28,11 @@ pub mod sim;
 pub mod sysfs;
 
 pub use device::DeviceError;
-pub use pca9685::pca9685_actuator;
-pub use rpi::{rppal_actuator, rppal_soft_actuator};
+pub use pca9685::{pca9685_actuator, pca9685_channels};
+pub use rpi::{rppal_actuator, rppal_channels, rppal_soft_actuator, rppal_soft_channels};
 pub use servo::{Servo, ServoMove, PERIOD, PERIOD_US};
-pub use sim::{sim_actuator, SimLog, SimPwm};
-pub use sysfs::{sysfs_actuator, SYSFS_PWM_ROOT};
+pub use sim::{sim_actuator, SimLog, SimPwm, SIM_MAX_DUTY};
+pub use sysfs::{sysfs_actuator, sysfs_channels, SYSFS_PWM_ROOT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActuationError {
@@ -128,6 +128,11 @@ impl<P: SetDutyCycle> ServoActuator<P> {
 
     pub fn servos(&self) -> &[Servo<P>] {
         &self.servos
+    }
+
+    /// Gives the PWM channels back, in config order.
+    pub fn into_pwms(self) -> Vec<P> {
+        self.servos.into_iter().map(Servo::into_pwm).collect()
     }
 
     fn servo_index(&self, name: &str) -> usize {

@@ -140,17 +140,21 @@ pub fn pca9685_actuator(
     config: &ActuationConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<ServoActuator<Pca9685Channel<rppal::i2c::I2c>>, ActuationError> {
+    let pwms = pca9685_channels(config, clock.as_ref())?;
+    ServoActuator::new(config, pwms, clock)
+}
+
+/// The PCA9685 channels of the configured servos, in config order.
+pub fn pca9685_channels(
+    config: &ActuationConfig,
+    clock: &dyn Clock,
+) -> Result<Vec<Pca9685Channel<rppal::i2c::I2c>>, ActuationError> {
     let settings = &config.pca9685;
     let bus = format!("/dev/i2c-{}", settings.bus);
     let i2c = rppal::i2c::I2c::with_bus(settings.bus).map_err(|e| i2c_error(&bus, e))?;
     let device = format!("PCA9685 at 0x{:02x} on {bus}", settings.address);
-    let board = Pca9685Board::init(i2c, settings.address, settings.oscillator_hz, device, clock.as_ref())?;
-    let pwms = config
-        .servos
-        .iter()
-        .map(|s| board.channel(s.channel))
-        .collect::<Result<Vec<_>, _>>()?;
-    ServoActuator::new(config, pwms, clock)
+    let board = Pca9685Board::init(i2c, settings.address, settings.oscillator_hz, device, clock)?;
+    Ok(config.servos.iter().map(|s| board.channel(s.channel)).collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Why an I2C bus would not open, and what to check.

@@ -127,12 +127,12 @@ pub fn rppal_actuator(
     config: &ActuationConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<ServoActuator<HardwarePwm>, ActuationError> {
-    let pwms = config
-        .servos
-        .iter()
-        .map(|s| HardwarePwm::open(s.channel, config.rppal.chip))
-        .collect::<Result<Vec<_>, _>>()?;
-    ServoActuator::new(config, pwms, clock)
+    ServoActuator::new(config, rppal_channels(config)?, clock)
+}
+
+/// The hardware PWM channels of the configured servos, in config order.
+pub fn rppal_channels(config: &ActuationConfig) -> Result<Vec<HardwarePwm>, ActuationError> {
+    Ok(config.servos.iter().map(|s| HardwarePwm::open(s.channel, config.rppal.chip)).collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Builds a [`ServoActuator`] on software PWM, one GPIO pin per servo.
@@ -140,13 +140,13 @@ pub fn rppal_soft_actuator(
     config: &ActuationConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<ServoActuator<SoftPwm>, ActuationError> {
+    ServoActuator::new(config, rppal_soft_channels(config)?, clock)
+}
+
+/// Software PWM on the configured servos' GPIO pins, in config order.
+pub fn rppal_soft_channels(config: &ActuationConfig) -> Result<Vec<SoftPwm>, ActuationError> {
     let gpio = Gpio::new().map_err(|e| gpio_error("GPIO (/dev/gpiomem)", e))?;
-    let pwms = config
-        .servos
-        .iter()
-        .map(|s| SoftPwm::open(&gpio, s.channel))
-        .collect::<Result<Vec<_>, _>>()?;
-    ServoActuator::new(config, pwms, clock)
+    Ok(config.servos.iter().map(|s| SoftPwm::open(&gpio, s.channel)).collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Why a hardware PWM channel would not open, and what to check.

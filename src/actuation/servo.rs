@@ -108,6 +108,16 @@ impl<P: SetDutyCycle> Servo<P> {
         self.attached
     }
 
+    /// Counts per PWM period of the channel.
+    pub fn max_duty(&self) -> u16 {
+        self.max_duty
+    }
+
+    /// Gives the PWM channel back (calibration rebuilds a servo with new limits).
+    pub fn into_pwm(self) -> P {
+        self.pwm
+    }
+
     /// The clamped angle and the duty that would be sent for `angle`.
     pub fn duty_for(&self, angle: f32) -> (f32, u16) {
         let angle = angle.clamp(self.config.min_angle, self.config.max_angle);

@@ -107,13 +107,14 @@ pub fn sysfs_actuator(
     root: &Path,
     clock: Arc<dyn Clock>,
 ) -> Result<ServoActuator<SysfsPwm>, ActuationError> {
-    let chip = config.sysfs.chip;
-    let pwms = config
-        .servos
-        .iter()
-        .map(|s| SysfsPwm::open(root, chip, s.channel, clock.as_ref()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let pwms = sysfs_channels(config, root, clock.as_ref())?;
     ServoActuator::new(config, pwms, clock)
+}
+
+/// The sysfs PWM channels of the configured servos, in config order.
+pub fn sysfs_channels(config: &ActuationConfig, root: &Path, clock: &dyn Clock) -> Result<Vec<SysfsPwm>, ActuationError> {
+    let chip = config.sysfs.chip;
+    Ok(config.servos.iter().map(|s| SysfsPwm::open(root, chip, s.channel, clock)).collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Writes one attribute. Never creates a file: a missing attribute is an error,

@@ -96,7 +96,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
             // One log line per servo move would drown the numbers.
             let level = log::max_level();
             log::set_max_level(log::LevelFilter::Warn);
-            let result = whole_loop(ModelClassifier { network }, dir);
+            let result = whole_loop(ModelClassifier { network, temperature: 1.0 }, dir);
             log::set_max_level(level);
             Some(result?)
         }

@@ -7,7 +7,6 @@
 //! guard puts it back however the command ends. Keys are read on their own
 //! thread, so `q` also ends a wait for an unplugged camera.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
+use super::terminal::{print_raw, RawMode};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::model::Classifier;
@@ -264,32 +264,6 @@ impl KeyReader {
             log::error!("the key reader panicked");
         }
     }
-}
-
-/// Raw mode for as long as this lives.
-struct RawMode;
-
-impl RawMode {
-    fn enter() -> std::io::Result<RawMode> {
-        crossterm::terminal::enable_raw_mode()?;
-        Ok(RawMode)
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        if let Err(e) = crossterm::terminal::disable_raw_mode() {
-            eprintln!("could not restore the terminal ({e}); run `reset`");
-        }
-    }
-}
-
-/// Raw mode does not turn `\n` into a new line at column 0.
-fn print_raw(text: &str) {
-    let mut out = std::io::stdout().lock();
-    // a status line that fails to print is not worth stopping for
-    let _ = out.write_all(text.replace('\n', "\r\n").as_bytes());
-    let _ = out.flush();
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 pub mod augment;
 pub mod bench;
 pub mod bins;
+pub mod calibrate;
+mod calibrate_camera;
+pub mod calibrate_model;
 pub mod cameras;
 pub mod eval;
 pub mod explain;
@@ -15,6 +18,7 @@ pub mod model_info;
 pub mod predict;
 pub mod quantize;
 pub mod run;
+pub mod terminal;
 pub mod train;
 
 #[derive(Debug, Parser)]
@@ -50,6 +54,11 @@ pub enum Command {
     Cameras(cameras::CamerasArgs),
     /// Classify a camera's view live in the terminal ('s' saves a frame, 'q' quits).
     Live(live::LiveArgs),
+    /// Fit a fresh install to its bin: servos (limits, poses, home), camera (tray, light,
+    /// reference), model (adapted to this bin's items).
+    Calibrate(calibrate::CalibrateArgs),
+    /// File a wrongly sorted item's frame under its right class (for `calibrate model`).
+    Correct(calibrate_model::CorrectArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -66,5 +75,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bins(a) => bins::main(a),
         Command::Cameras(a) => cameras::main(a),
         Command::Live(a) => live::main(a),
+        Command::Calibrate(a) => calibrate::main(a),
+        Command::Correct(a) => calibrate_model::correct(a),
     }
 }

@@ -18,6 +18,7 @@ use crate::decision::DecisionPolicy;
 use crate::decision::fill::FillMonitor;
 use crate::model::Classifier;
 use crate::service::{install_reload_signal, spawn_watchdog, BeatingClock, BeatingSource, ServiceHooks};
+use crate::sorter::frames::FrameStore;
 use crate::sorter::{install_stop_signals, EventLog, Sorter, Summary};
 use crate::source::Trigger;
 use crate::source::{open_configured, parse_source_spec};
@@ -194,6 +195,7 @@ impl Bin {
         .with_stop_flag(signals.interrupt.clone())
         .with_max_items(args.max_items.map(|max| max.saturating_sub(handled)))
         .with_fill(self.fill.as_mut())
+        .with_frames(config.log.frames.as_deref().map(|dir| FrameStore::new(dir, config.log.keep_frames as usize)))
         .with_service(service.clone())
         .run()
     }

@@ -39,6 +39,7 @@ pub struct Config {
     pub fill: FillConfig,
     pub interlock: InterlockConfig,
     pub log: LogConfig,
+    pub calibration: CalibrationConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +64,16 @@ pub struct SourceConfig {
     pub rate_hz: Option<f64>,
     /// `[source.camera]`: format, size and rate asked of a `camera:` source.
     pub camera: crate::source::CameraConfig,
+    /// The tray's rectangle in the frames, `[x, y, width, height]` in pixels
+    /// (`smartbin calibrate camera` finds it). Frames are cropped to it before
+    /// the trigger and the model see them. Unset = the whole frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roi: Option<[u32; 4]>,
+    /// Picture of the empty tray from `smartbin calibrate camera`. The first
+    /// frame of a run is compared with it, and a moved camera or tray, changed
+    /// light or a dirty lens is reported. Unset = no check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,6 +284,30 @@ pub struct InterlockConfig {
 pub struct LogConfig {
     /// JSON-lines event log, one line per item; appended to across runs.
     pub events: PathBuf,
+    /// Folder where each item's first frame is kept as `<event id>.jpg`, so a
+    /// wrong decision can be corrected later (`smartbin correct`). Unset = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frames: Option<PathBuf>,
+    /// Frames kept in `frames`; the oldest go first.
+    pub keep_frames: u32,
+}
+
+/// `[calibration]`: `smartbin calibrate model` and `smartbin correct`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalibrationConfig {
+    /// This bin's labelled photos, one folder per class: guided captures and
+    /// corrected items. `calibrate model` learns from them.
+    pub dataset: PathBuf,
+    /// Share of items allowed into a wrong bin; `calibrate model` suggests the
+    /// `[decision] threshold` that keeps to it on the held-out captures.
+    pub wrong_bin_target: f32,
+}
+
+impl Default for CalibrationConfig {
+    fn default() -> Self {
+        CalibrationConfig { dataset: PathBuf::from("captures"), wrong_bin_target: 0.05 }
+    }
 }
 
 fn default_dwell_ms() -> u64 {
@@ -295,6 +330,8 @@ impl Default for SourceConfig {
             looped: false,
             rate_hz: None,
             camera: crate::source::CameraConfig::default(),
+            roi: None,
+            reference: None,
         }
     }
 }
@@ -397,7 +434,7 @@ impl Default for Pca9685Config {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { events: PathBuf::from("events.jsonl") }
+        LogConfig { events: PathBuf::from("events.jsonl"), frames: None, keep_frames: 2000 }
     }
 }
 
@@ -412,6 +449,7 @@ impl Default for Config {
             fill: FillConfig::default(),
             interlock: InterlockConfig::default(),
             log: LogConfig::default(),
+            calibration: CalibrationConfig::default(),
         }
     }
 }
@@ -515,6 +553,13 @@ impl Config {
         if self.log.events.as_os_str().is_empty() {
             out.push(Problem::new(&["log", "events"], "is empty; allowed: a file path"));
         }
+        if self.log.keep_frames == 0 {
+            out.push(Problem::new(&["log", "keep_frames"], "0 keeps nothing; allowed: 1 or more (leave `frames` out to save none)"));
+        }
+        let target = self.calibration.wrong_bin_target;
+        if !(0.0..=1.0).contains(&target) {
+            out.push(Problem::new(&["calibration", "wrong_bin_target"], format!("{target} is not allowed; allowed: 0..=1")));
+        }
         out
     }
 }
@@ -589,6 +634,14 @@ fn check_source(source: &SourceConfig, out: &mut Vec<Problem>) {
     }
     for (key, message) in source.camera.problems() {
         out.push(Problem::new(&["source", "camera", key], message));
+    }
+    if let Some([_, _, width, height]) = source.roi {
+        if width == 0 || height == 0 {
+            out.push(Problem::new(
+                &["source", "roi"],
+                format!("{width}x{height} is empty; allowed: [x, y, width, height] with width and height > 0"),
+            ));
+        }
     }
 }
 

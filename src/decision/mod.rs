@@ -90,6 +90,11 @@ impl DecisionPolicy {
         }
     }
 
+    /// The bin an item of `class` goes to when the model is sure of it.
+    pub fn bin_for_class(&self, class: &str) -> String {
+        self.classes.get(class).cloned().unwrap_or_else(|| self.fallback_bin.clone())
+    }
+
     /// Classes of a model that the mapping does not cover (they will always go to
     /// the fallback bin), and mapped classes the model does not have. Worth a
     /// warning at start-up: usually a model trained on other class names.

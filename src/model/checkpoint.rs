@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 const META_SPEC: &str = "smartbin.spec";
+/// Softmax temperature fitted by `smartbin calibrate model`; 1 when absent.
+pub const META_TEMPERATURE: &str = "smartbin.temperature";
 /// Tensors under this prefix are optimiser state, not model weights.
 pub const OPTIM_PREFIX: &str = "optim.";
 

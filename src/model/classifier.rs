@@ -9,12 +9,23 @@ use std::path::Path;
 #[derive(Debug)]
 pub struct ModelClassifier {
     pub network: Network,
+    /// Logits are divided by this before the softmax (confidence calibration).
+    pub temperature: f32,
 }
 
 impl ModelClassifier {
     pub fn load(path: &Path, device: &Device) -> Result<Self, checkpoint::CheckpointError> {
-        let (network, _) = checkpoint::load_network(path, device)?;
-        Ok(Self { network })
+        let (network, ckpt) = checkpoint::load_network(path, device)?;
+        let temperature = match ckpt.metadata.get(checkpoint::META_TEMPERATURE) {
+            None => 1.0,
+            Some(text) => text.parse::<f32>().ok().filter(|t| t.is_finite() && *t > 0.0).ok_or_else(|| {
+                checkpoint::CheckpointError::Corrupt {
+                    path: path.into(),
+                    reason: format!("{} = {text:?} is not a positive number", checkpoint::META_TEMPERATURE),
+                }
+            })?,
+        };
+        Ok(Self { network, temperature })
     }
 }
 
@@ -31,6 +42,7 @@ impl Classifier for ModelClassifier {
         let inputs: Vec<Vec<f32>> = images.iter().map(|img| preprocess::eval_transform(img, size)).collect();
         let x = preprocess::to_tensor(&inputs, size, self.network.device())?;
         let logits = self.network.forward_t(&x, false)?;
+        let logits = if self.temperature == 1.0 { logits } else { (logits / f64::from(self.temperature))? };
         let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
         Ok(probs.to_device(&Device::Cpu)?.to_vec2()?)
     }

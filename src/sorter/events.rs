@@ -48,6 +48,9 @@ pub struct Event {
     pub total_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moves: Vec<ServoMove>,
+    /// The item's first frame, kept under `[log] frames`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

@@ -32,6 +32,7 @@ use crate::service::{status_line, ServiceHooks};
 use crate::source::{Frame, SourceError, Trigger};
 
 pub mod events;
+pub mod frames;
 
 pub use events::{rfc3339_utc, Event, EventLog};
 
@@ -104,6 +105,7 @@ pub struct Sorter<'a> {
     max_items: Option<u64>,
     service: Option<ServiceHooks>,
     fill: Option<&'a mut FillMonitor>,
+    frames: Option<frames::FrameStore>,
 }
 
 /// The result of classifying and deciding one item.
@@ -135,6 +137,7 @@ impl<'a> Sorter<'a> {
             max_items: None,
             fill: None,
             service: None,
+            frames: None,
         }
     }
 
@@ -153,6 +156,12 @@ impl<'a> Sorter<'a> {
     /// Check bin fill levels before each item and count items into bins.
     pub fn with_fill(mut self, fill: Option<&'a mut FillMonitor>) -> Self {
         self.fill = fill;
+        self
+    }
+
+    /// Keep each item's first frame (for `smartbin correct`).
+    pub fn with_frames(mut self, frames: Option<frames::FrameStore>) -> Self {
+        self.frames = frames;
         self
     }
 
@@ -228,6 +237,7 @@ impl<'a> Sorter<'a> {
         let started = self.clock.now();
         let source = frames.first().map(|f| f.origin.clone()).unwrap_or_default();
         let frame_count = frames.len();
+        let kept = self.keep_frame(&frames);
         let outcome = self.classify_and_decide(frames);
         match &outcome.decision {
             Some(d) => log::info!(
@@ -248,6 +258,7 @@ impl<'a> Sorter<'a> {
             reason: Some(outcome.reason),
             model_ms: outcome.model_ms,
             error: outcome.error,
+            frame: kept,
             ..Event::default()
         };
         if let Some(d) = outcome.decision {
@@ -288,6 +299,19 @@ impl<'a> Sorter<'a> {
         self.events.append(&mut event)?;
         self.report_status(&event, summary);
         homing
+    }
+
+    /// Saves the item's first frame under the id its event will get. A failure
+    /// is logged, not fatal: a full card must not stop the sorting.
+    fn keep_frame(&self, frames: &[Frame]) -> Option<String> {
+        let (store, frame) = (self.frames.as_ref()?, frames.first()?);
+        match store.save(self.events.next_id(), &frame.image) {
+            Ok(path) => Some(path.display().to_string()),
+            Err(e) => {
+                log::warn!("could not keep the item's frame: {e:#}");
+                None
+            }
+        }
     }
 
     fn report_status(&self, event: &Event, summary: &Summary) {

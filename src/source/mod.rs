@@ -19,6 +19,7 @@ mod camera_v4l;
 pub mod convert;
 pub mod images;
 pub mod reconnect;
+pub mod tray;
 pub mod trigger;
 
 pub use camera::{list_devices, open_camera, CameraConfig, CameraSelector};
@@ -165,6 +166,28 @@ pub fn open_source(
 /// reopened when lost (unplugged) until `stop` is raised, so a loose cable
 /// pauses the bin instead of ending the run.
 pub fn open_configured(
+    spec: &SourceSpec,
+    config: &crate::config::SourceConfig,
+    clock: Arc<dyn Clock>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Box<dyn FrameSource>, SourceError> {
+    let source = open_uncropped(spec, config, clock, stop)?;
+    if config.roi.is_none() && config.reference.is_none() {
+        return Ok(source);
+    }
+    let roi = config.roi.map(crate::calibration::camera::Roi::from_array);
+    let reference = config.reference.as_deref().and_then(|path| match crate::preprocess::decode_file(path) {
+        Ok(image) => Some(image),
+        Err(e) => {
+            log::warn!("[source] reference {}: {e}; the camera check is skipped", path.display());
+            None
+        }
+    });
+    Ok(Box::new(tray::TraySource::new(source, roi, reference)))
+}
+
+/// The configured source without the tray crop (calibration looks at the whole view).
+pub fn open_uncropped(
     spec: &SourceSpec,
     config: &crate::config::SourceConfig,
     clock: Arc<dyn Clock>,

@@ -101,6 +101,11 @@ impl Thumb {
         (self.width, self.height)
     }
 
+    /// Mean luma of each cell, row by row.
+    pub fn pixels(&self) -> &[f32] {
+        &self.pixels
+    }
+
     /// Moves every pixel `rate` of the way towards `other`.
     fn blend_towards(&mut self, other: &Thumb, rate: f32) {
         for (p, q) in self.pixels.iter_mut().zip(&other.pixels) {

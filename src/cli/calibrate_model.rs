@@ -1,0 +1,306 @@
+//! `smartbin calibrate model`: guided capture of this bin's items, then the
+//! classifier adapted to them (see [`crate::calibration::adapt`]); and
+//! `smartbin correct`, which files a wrongly sorted item's frame under its
+//! right class for the next adaptation.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::Device;
+
+use super::calibrate::Target;
+use crate::calibration::adapt::{
+    adapt, calibrate_confidence, replay_subset, save_adapted, split_captures, suggest_threshold, AdaptOptions,
+};
+use crate::calibration::{edit_config, save_with_backup, table};
+use crate::clock::SystemClock;
+use crate::model::checkpoint;
+use crate::source::{open_configured, parse_source_spec};
+use crate::training::data::{load_folder, load_split, Sample, Split, TRASHNET_CLASSES};
+
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Config of the bin; on success its [model] path is pointed at the adapted
+    /// model (the old file is kept as FILE.bak)
+    #[arg(long, value_name = "PATH", default_value = super::run::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Model to start from [default: the config's [model] path]
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// This bin's labelled photos, a folder per class [default: [calibration] dataset]
+    #[arg(long, value_name = "DIR")]
+    pub dataset: Option<PathBuf>,
+    /// First capture N items of every class from the camera, guided
+    #[arg(long, value_name = "N")]
+    pub capture: Option<usize>,
+    /// Frame source for --capture, overriding [source] spec
+    #[arg(long, value_name = "SPEC")]
+    pub source: Option<String>,
+    /// Photos of the original data set replayed so that nothing is forgotten: a
+    /// TrashNet root (dataset-resized/ and splits/) or a folder per class
+    #[arg(long, value_name = "DIR")]
+    pub replay: Option<PathBuf>,
+    /// Replayed photos per class
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub replay_per_class: usize,
+    /// Share of each class's captures held out to judge the adapted model
+    #[arg(long, default_value_t = 0.3, value_name = "SHARE")]
+    pub holdout: f64,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Augmented views per training photo
+    #[arg(long, default_value_t = 4)]
+    pub views: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where the adapted model goes [default: models/adapted.safetensors beside the config]
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// Also write the suggested [decision] threshold into the config
+    #[arg(long)]
+    pub set_threshold: bool,
+}
+
+pub fn main(args: ModelArgs) -> anyhow::Result<ExitCode> {
+    let target = Target::load(&args.config)?;
+    let config = &target.config;
+    let start_path = args.model.clone().unwrap_or_else(|| config.model.path.clone());
+    let start = checkpoint::read(&start_path, &Device::Cpu)?;
+    let classes = start.spec.classes.clone();
+    let dataset = args.dataset.clone().unwrap_or_else(|| config.calibration.dataset.clone());
+    if let Some(per_class) = args.capture {
+        capture(&target, &args, &dataset, &classes, per_class)?;
+    }
+    let captures = load_folder(&dataset, &classes).with_context(|| {
+        format!("no captures to learn from in {} (capture some with --capture N)", dataset.display())
+    })?;
+    let (train, holdout) = split_captures(&captures, args.holdout, args.seed);
+    let replay = match &args.replay {
+        Some(dir) => load_replay(dir, &classes, args.replay_per_class)?,
+        None => {
+            println!("no --replay photos: classes missing from the captures may be forgotten");
+            Vec::new()
+        }
+    };
+    println!(
+        "{} captures in {} ({} to train, {} held out), {} replayed photos; starting from {}",
+        captures.len(),
+        dataset.display(),
+        train.len(),
+        holdout.len(),
+        replay.len(),
+        start_path.display()
+    );
+
+    let (network, _) = checkpoint::load_network(&start_path, &Device::Cpu)?;
+    let options = AdaptOptions {
+        holdout: args.holdout,
+        views: args.views,
+        epochs: args.epochs,
+        lr: args.lr,
+        seed: args.seed,
+        ..AdaptOptions::default()
+    };
+    let started = Instant::now();
+    let adapted = adapt(&network, &train, &holdout, &replay, &options)?;
+    for (path, why) in &adapted.unreadable {
+        println!("skipped unreadable {}: {why}", path.display());
+    }
+    let r = &adapted.report;
+    println!(
+        "held-out captures: {:.1}% right before, {:.1}% after ({} images; {:.0} s features + {:.0} s training = {:.0} s)",
+        r.before.accuracy,
+        r.after.accuracy,
+        r.holdout_captures,
+        r.feature_seconds,
+        r.train_seconds,
+        started.elapsed().as_secs_f64()
+    );
+    if !r.improved() {
+        println!("not better than {} on the held-out captures: nothing saved, the bin keeps its model", start_path.display());
+        return Ok(ExitCode::from(2));
+    }
+
+    let calibration = calibrate_confidence(&adapted.holdout_logits, &adapted.holdout_labels);
+    println!(
+        "confidence: temperature {:.2}; expected calibration error {:.3} -> {:.3} (cross-fitted on the held-out captures)",
+        calibration.temperature, calibration.ece_before, calibration.ece_after
+    );
+    let policy = crate::decision::DecisionPolicy::from_config(&config.decision);
+    let bin_of = |class: usize| policy.bin_for_class(&classes[class]);
+    let target_rate = f64::from(config.calibration.wrong_bin_target);
+    let suggestion = suggest_threshold(&adapted.holdout_logits, &adapted.holdout_labels, calibration.temperature, bin_of, target_rate);
+    println!(
+        "threshold {:.2} keeps wrong bins at {:.1}% (target {:.1}%) and sorts {:.0}% of items, the rest to {}",
+        suggestion.threshold,
+        suggestion.wrong_bin * 100.0,
+        target_rate * 100.0,
+        suggestion.sorted * 100.0,
+        config.decision.fallback_bin
+    );
+
+    let out = args.out.clone().unwrap_or_else(|| target.path.parent().unwrap_or(Path::new(".")).join("models/adapted.safetensors"));
+    let out = std::path::absolute(&out)?;
+    let threshold = args.set_threshold.then_some(suggestion.threshold);
+    let (text, _) = edit_config(&target.text, &target.path.display().to_string(), |doc| {
+        table(doc, "model")?.insert("path", toml_edit::value(out.display().to_string()));
+        if let Some(t) = threshold {
+            table(doc, "decision")?.insert("threshold", toml_edit::value((t * 100.0).round() / 100.0));
+        }
+        Ok(())
+    })?;
+    if out.exists() {
+        let backup = crate::calibration::backup_path(&out);
+        std::fs::copy(&out, &backup).with_context(|| format!("keeping {} as {}", out.display(), backup.display()))?;
+    }
+    save_adapted(&out, &network, &start, calibration.temperature, r)?;
+    save_with_backup(&target.path, text.as_bytes())?;
+    println!(
+        "saved {}; {} now uses it (previous config: {}); `systemctl reload smartbin` applies it",
+        out.display(),
+        target.path.display(),
+        crate::calibration::backup_path(&target.path).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replay photos: a TrashNet root's training split, or a folder per class;
+/// labels follow the model's class order.
+fn load_replay(dir: &Path, classes: &[String], per_class: usize) -> anyhow::Result<Vec<Sample>> {
+    let samples = if dir.join("splits").is_dir() {
+        let names: Vec<String> = TRASHNET_CLASSES.iter().map(|c| c.to_string()).collect();
+        load_split(dir, Split::Train)?
+            .into_iter()
+            .filter_map(|s| {
+                let label = classes.iter().position(|c| *c == names[s.label])?;
+                Some(Sample { path: s.path, label })
+            })
+            .collect()
+    } else {
+        load_folder(dir, classes)?
+    };
+    Ok(replay_subset(samples, per_class))
+}
+
+/// Guided capture: for every class, N items placed on the tray one by one.
+fn capture(target: &Target, args: &ModelArgs, dataset: &Path, classes: &[String], per_class: usize) -> anyhow::Result<()> {
+    let mut source_config = target.config.source.clone();
+    if let Some(spec) = &args.source {
+        source_config.spec = spec.clone();
+    }
+    let spec = parse_source_spec(&source_config.spec)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut source = open_configured(&spec, &source_config, Arc::new(SystemClock), stop)?;
+    let interactive = std::io::stdin().is_terminal();
+    for class in classes {
+        for k in 1..=per_class {
+            if interactive {
+                println!("place a {class} item on the tray ({k}/{per_class}), then press Enter (type s and Enter to skip {class})");
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                if line.trim() == "s" {
+                    break;
+                }
+            }
+            let frame = source.fresh_frame()?.with_context(|| format!("{} gave no more frames", source.describe()))?;
+            let path = dataset.join(class).join(format!("capture-{}.jpg", unique_stamp()));
+            write_jpeg(&path, &frame.image)?;
+            println!("{class} {k}/{per_class}: {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the epoch plus a counter: names that sort in capture order.
+fn unique_stamp() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    format!("{ms}-{:04}", COUNT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn write_jpeg(path: &Path, image: &image::RgbImage) -> anyhow::Result<()> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 92).encode_image(image)?;
+    crate::util::write_atomic(path, bytes.get_ref()).with_context(|| format!("writing {}", path.display()))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CorrectArgs {
+    /// The event's id (`id` in the event log; `STATUS=` shows the last one)
+    pub event: u64,
+    /// The class the item really was
+    pub class: String,
+    #[arg(long, value_name = "PATH", default_value = super::run::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+/// `smartbin correct ID CLASS`: the item's kept frame joins the dataset under
+/// its right class, and the correction is logged beside it.
+pub fn correct(args: CorrectArgs) -> anyhow::Result<ExitCode> {
+    let config = crate::config::Config::load(&args.config)?;
+    let classes: Vec<String> = config.decision.classes.keys().cloned().collect();
+    if !classes.contains(&args.class) {
+        bail!("`{}` is not a class of this bin; classes: {}", args.class, classes.join(", "));
+    }
+    let event = find_event(&config.log.events, args.event)?;
+    let frame = event.frame.as_ref().map(PathBuf::from).with_context(|| {
+        format!("event {} has no kept frame: set [log] frames in the config so items' frames are kept", args.event)
+    })?;
+    let bytes = std::fs::read(&frame).with_context(|| {
+        format!("the frame of event {} ({}) is gone: only the newest [log] keep_frames are kept", args.event, frame.display())
+    })?;
+    let dataset = &config.calibration.dataset;
+    let dest = dataset.join(&args.class).join(format!("event-{}.jpg", args.event));
+    // Relabelling: the frame moves out of the class it was filed under before.
+    for class in &classes {
+        let old = dataset.join(class).join(format!("event-{}.jpg", args.event));
+        if old != dest && old.exists() {
+            std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+    }
+    crate::util::write_atomic(&dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
+    let line = serde_json::json!({
+        "event": args.event,
+        "time": crate::sorter::events::rfc3339_utc(std::time::SystemTime::now()),
+        "was": event.class,
+        "now": args.class,
+        "frame": dest.display().to_string(),
+    });
+    append_line(&dataset.join("corrections.jsonl"), &line.to_string())?;
+    println!(
+        "event {}: {} -> {}; {} joins the dataset for the next `smartbin calibrate model`",
+        args.event,
+        event.class.as_deref().unwrap_or("unclassified"),
+        args.class,
+        dest.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find_event(log: &Path, id: u64) -> anyhow::Result<crate::sorter::Event> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("reading the event log {}", log.display()))?;
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<crate::sorter::Event>(line).ok())
+        .find(|e| e.id == id)
+        .with_context(|| format!("no event {id} in {}", log.display()))
+}
+
+fn append_line(path: &Path, line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(format!("{line}\n").as_bytes())?;
+    file.sync_data()?;
+    Ok(())
+}
