@@ -221,6 +221,9 @@ const STEPS: [u16; 6] = [1, 5, 10, 25, 50, 100];
 
 fn keys<P: SetDutyCycle>(mut target: Target, cal: &mut ServoCalibration<P>) -> anyhow::Result<ExitCode> {
     let _raw = RawMode::enter().context("the key-driven calibration needs a terminal; use --script otherwise")?;
+    // Log lines end in a bare \n, which raw mode does not return to column 0;
+    // the replies already say what moved.
+    log::set_max_level(log::LevelFilter::Warn);
     print_raw(&format!("{}\n\n{}\n", cal.show(), key_help()));
     loop {
         let Event::Key(key) = crossterm::event::read()? else { continue };
