@@ -168,16 +168,27 @@ fn a_corrected_item_joins_the_dataset_under_its_right_class() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(dir.path().join("frames/1.jpg").exists());
 
+    // the bin's wrong-bin button marks it (its GPIO thread calls this)
+    let marked = smartbin::calibration::button::mark_last_wrong(&dir.path().join("events.jsonl"), &dir.path().join("captures")).unwrap();
+    assert_eq!(marked.event, 1);
+    let pending = || {
+        let out = common::smartbin().args(["correct", "--pending", "--config"]).arg(&config).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(pending().starts_with("1\t"), "{}", pending());
+
     let correct = |class: &str| common::smartbin().args(["correct", "1", class, "--config"]).arg(&config).output().unwrap();
     let out = correct("glass");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.path().join("captures/glass/event-1.jpg").exists());
+    assert!(!dir.path().join("captures/to-label/event-1.jpg").exists());
+    assert!(pending().contains("nothing marked wrong"));
     // changing one's mind moves it
     assert!(correct("plastic").status.success());
     assert!(!dir.path().join("captures/glass/event-1.jpg").exists());
     assert!(dir.path().join("captures/plastic/event-1.jpg").exists());
     let log = std::fs::read_to_string(dir.path().join("captures/corrections.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 2);
+    assert_eq!(log.lines().count(), 3, "the press and two corrections: {log}");
 
     let bad = correct("compost");
     assert!(!bad.status.success());

@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use crate::config::{ActuationConfig, Config};
 
 pub mod adapt;
+pub mod button;
 pub mod camera;
 pub mod servos;
 

@@ -18,6 +18,7 @@ use crate::calibration::adapt::{
     adapt, calibrate_confidence, replay_subset, save_adapted, split_captures, suggest_threshold, AdaptOptions,
 };
 use crate::calibration::{edit_config, save_with_backup, table};
+use crate::calibration::button::append_line;
 use crate::clock::SystemClock;
 use crate::model::checkpoint;
 use crate::source::{open_configured, parse_source_spec};
@@ -234,10 +235,15 @@ fn write_jpeg(path: &Path, image: &image::RgbImage) -> anyhow::Result<()> {
 
 #[derive(Debug, clap::Args)]
 pub struct CorrectArgs {
-    /// The event's id (`id` in the event log; `STATUS=` shows the last one)
-    pub event: u64,
+    /// The event's id (`id` in the event log; `systemctl status` shows the last one)
+    #[arg(required_unless_present = "pending")]
+    pub event: Option<u64>,
     /// The class the item really was
-    pub class: String,
+    #[arg(required_unless_present = "pending")]
+    pub class: Option<String>,
+    /// List the items marked wrong with the bin's button that still need a class
+    #[arg(long, conflicts_with_all = ["event", "class"])]
+    pub pending: bool,
     #[arg(long, value_name = "PATH", default_value = super::run::DEFAULT_CONFIG)]
     pub config: PathBuf,
 }
@@ -246,42 +252,69 @@ pub struct CorrectArgs {
 /// its right class, and the correction is logged beside it.
 pub fn correct(args: CorrectArgs) -> anyhow::Result<ExitCode> {
     let config = crate::config::Config::load(&args.config)?;
-    let classes: Vec<String> = config.decision.classes.keys().cloned().collect();
-    if !classes.contains(&args.class) {
-        bail!("`{}` is not a class of this bin; classes: {}", args.class, classes.join(", "));
+    if args.pending {
+        return list_pending(&config.calibration.dataset);
     }
-    let event = find_event(&config.log.events, args.event)?;
+    let (Some(id), Some(class)) = (args.event, args.class) else {
+        bail!("give the event id and its class, e.g. `smartbin correct 42 plastic`");
+    };
+    let classes: Vec<String> = config.decision.classes.keys().cloned().collect();
+    if !classes.contains(&class) {
+        bail!("`{class}` is not a class of this bin; classes: {}", classes.join(", "));
+    }
+    let event = find_event(&config.log.events, id)?;
     let frame = event.frame.as_ref().map(PathBuf::from).with_context(|| {
-        format!("event {} has no kept frame: set [log] frames in the config so items' frames are kept", args.event)
+        format!("event {id} has no kept frame: set [log] frames in the config so items' frames are kept")
     })?;
     let bytes = std::fs::read(&frame).with_context(|| {
-        format!("the frame of event {} ({}) is gone: only the newest [log] keep_frames are kept", args.event, frame.display())
+        format!("the frame of event {id} ({}) is gone: only the newest [log] keep_frames are kept", frame.display())
     })?;
     let dataset = &config.calibration.dataset;
-    let dest = dataset.join(&args.class).join(format!("event-{}.jpg", args.event));
-    // Relabelling: the frame moves out of the class it was filed under before.
-    for class in &classes {
-        let old = dataset.join(class).join(format!("event-{}.jpg", args.event));
+    let dest = dataset.join(&class).join(format!("event-{id}.jpg"));
+    // Relabelling: the frame moves out of the class (or the to-label folder)
+    // it was filed under before.
+    let folders = classes.iter().map(String::as_str).chain([crate::calibration::button::TO_LABEL]);
+    for folder in folders {
+        let old = dataset.join(folder).join(format!("event-{id}.jpg"));
         if old != dest && old.exists() {
             std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
         }
     }
     crate::util::write_atomic(&dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
     let line = serde_json::json!({
-        "event": args.event,
+        "event": id,
         "time": crate::sorter::events::rfc3339_utc(std::time::SystemTime::now()),
         "was": event.class,
-        "now": args.class,
+        "now": class,
         "frame": dest.display().to_string(),
     });
     append_line(&dataset.join("corrections.jsonl"), &line.to_string())?;
     println!(
-        "event {}: {} -> {}; {} joins the dataset for the next `smartbin calibrate model`",
-        args.event,
+        "event {id}: {} -> {class}; {} joins the dataset for the next `smartbin calibrate model`",
         event.class.as_deref().unwrap_or("unclassified"),
-        args.class,
         dest.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Frames marked wrong with the button, oldest event first.
+fn list_pending(dataset: &Path) -> anyhow::Result<ExitCode> {
+    let dir = dataset.join(crate::calibration::button::TO_LABEL);
+    let mut ids: Vec<u64> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix("event-")?.strip_suffix(".jpg")?.parse().ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    ids.sort_unstable();
+    if ids.is_empty() {
+        println!("nothing marked wrong waits for a class");
+    }
+    for id in ids {
+        println!("{id}\t{}", dir.join(format!("event-{id}.jpg")).display());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -291,16 +324,4 @@ fn find_event(log: &Path, id: u64) -> anyhow::Result<crate::sorter::Event> {
         .filter_map(|line| serde_json::from_str::<crate::sorter::Event>(line).ok())
         .find(|e| e.id == id)
         .with_context(|| format!("no event {id} in {}", log.display()))
-}
-
-fn append_line(path: &Path, line: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    file.write_all(format!("{line}\n").as_bytes())?;
-    file.sync_data()?;
-    Ok(())
 }

@@ -138,6 +138,44 @@ struct Bin {
     actuator: Box<dyn Actuator>,
     fill: Option<FillMonitor>,
     policy: DecisionPolicy,
+    _button: Option<ButtonThread>,
+}
+
+/// The wrong-bin button's reader; stopped when the bin is rebuilt or ends.
+struct ButtonThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ButtonThread {
+    fn start(config: &Config) -> anyhow::Result<Option<ButtonThread>> {
+        let c = &config.calibration;
+        let Some(pin) = c.wrong_button else { return Ok(None) };
+        if config.log.frames.is_none() {
+            log::warn!("[calibration] wrong_button is set but [log] frames is not: a press has no frame to file");
+        }
+        let input = super::inputs::open_input(pin, c.wrong_button_pull, "[calibration] wrong_button")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = crate::calibration::button::watch(
+            input,
+            c.wrong_button_active,
+            std::time::Duration::from_millis(50),
+            config.log.events.clone(),
+            c.dataset.clone(),
+            stop.clone(),
+        );
+        log::info!("wrong-bin button on GPIO {pin}");
+        Ok(Some(ButtonThread { stop, thread: Some(thread) }))
+    }
+}
+
+impl Drop for ButtonThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Bin {
@@ -168,7 +206,8 @@ impl Bin {
         let actuator = build_actuator(&config.actuation, clock.clone(), args.realtime)?;
         let actuator = super::inputs::with_interlock(actuator, &config.interlock, clock.clone(), interrupt)?;
         let fill = super::inputs::build_fill(config, clock)?;
-        Ok(Bin { trigger, classifier, actuator, fill, policy })
+        let button = ButtonThread::start(config)?;
+        Ok(Bin { trigger, classifier, actuator, fill, policy, _button: button })
     }
 
     /// Sorts until the source ends, `--max-items` is reached or a signal comes.

@@ -302,11 +302,25 @@ pub struct CalibrationConfig {
     /// Share of items allowed into a wrong bin; `calibrate model` suggests the
     /// `[decision] threshold` that keeps to it on the held-out captures.
     pub wrong_bin_target: f32,
+    /// BCM GPIO of a "last item went to the wrong bin" push button; a press
+    /// files that item's kept frame for labelling. Unset = no button.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrong_button: Option<u8>,
+    /// The level the button's pin reads while pressed.
+    pub wrong_button_active: Level,
+    pub wrong_button_pull: Pull,
 }
 
 impl Default for CalibrationConfig {
     fn default() -> Self {
-        CalibrationConfig { dataset: PathBuf::from("captures"), wrong_bin_target: 0.05 }
+        // A button to ground with the pull-up.
+        CalibrationConfig {
+            dataset: PathBuf::from("captures"),
+            wrong_bin_target: 0.05,
+            wrong_button: None,
+            wrong_button_active: Level::Low,
+            wrong_button_pull: Pull::Up,
+        }
     }
 }
 
@@ -903,6 +917,9 @@ fn check_pins(config: &Config, out: &mut Vec<Problem>) {
     }
     if let Some(pin) = config.interlock.pin {
         pins.push((path(&["interlock", "pin"]), pin));
+    }
+    if let Some(pin) = config.calibration.wrong_button {
+        pins.push((path(&["calibration", "wrong_button"]), pin));
     }
     for (i, sensor) in config.fill.sensors.iter().enumerate() {
         for (field, pin) in [("trigger_pin", sensor.trigger_pin), ("echo_pin", sensor.echo_pin)] {

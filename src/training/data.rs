@@ -211,7 +211,8 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 fn warn_about_unknown_folders(dir: &Path, classes: &[String]) -> Result<(), DataError> {
     for entry in read_dir(dir)? {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if entry.path().is_dir() && !classes.contains(&name) {
+        // `to-label`: frames marked wrong by the bin's button, not yet given a class.
+        if entry.path().is_dir() && !classes.contains(&name) && name != crate::calibration::button::TO_LABEL {
             log::warn!("ignoring folder {}: {name:?} is not one of {classes:?}", entry.path().display());
         }
     }
