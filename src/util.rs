@@ -27,6 +27,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Encodes `image` as a JPEG (quality 90: artefacts well below what the model
+/// notices) and writes it with [`write_atomic`].
+pub fn write_jpeg(path: &Path, image: &image::RgbImage) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+        .encode_image(image)
+        .context("encoding the frame as JPEG")?;
+    write_atomic(path, &bytes).with_context(|| format!("writing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,6 +140,17 @@ fn camera_calibration_finds_the_tray_saves_the_pictures_and_checks_drift() {
     assert_eq!(reference, view(None, (0, 0)));
     assert!(std::fs::read_to_string(&config).unwrap().starts_with("# the installer's notes stay\n"));
 
+    // calibrating again replaces the pictures; those of the config before stay
+    // (it is the .bak), older ones go
+    let first = saved.source.reference.clone().unwrap();
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(camera(&config, &recorded, &["--frames", "4", "--find-roi", "5"]).status.success());
+    }
+    let pictures = std::fs::read_dir(first.parent().unwrap()).unwrap().count();
+    assert_eq!(pictures, 4, "two calibrations' reference and background");
+    assert!(!first.exists());
+
     // later: the same view passes, a knocked camera is reported
     let same = dir.path().join("same");
     write_frames(&same, &vec![view(None, (0, 0)); 3]);

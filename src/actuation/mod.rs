@@ -31,7 +31,7 @@ pub use device::DeviceError;
 pub use pca9685::{pca9685_actuator, pca9685_channels};
 pub use rpi::{rppal_actuator, rppal_channels, rppal_soft_actuator, rppal_soft_channels};
 pub use servo::{Servo, ServoMove, PERIOD, PERIOD_US};
-pub use sim::{sim_actuator, SimLog, SimPwm, SIM_MAX_DUTY};
+pub use sim::{sim_actuator, sim_channels, SimLog, SimPwm, SIM_MAX_DUTY};
 pub use sysfs::{sysfs_actuator, sysfs_channels, SYSFS_PWM_ROOT};
 
 #[derive(Debug, thiserror::Error)]

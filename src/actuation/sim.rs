@@ -91,12 +91,13 @@ pub fn sim_actuator(
     clock: Arc<dyn Clock>,
 ) -> Result<(ServoActuator<SimPwm>, SimLog), ActuationError> {
     let log = SimLog::default();
-    let pwms = config
-        .servos
-        .iter()
-        .map(|s| SimPwm::new(&s.name, SIM_MAX_DUTY, log.clone(), clock.clone()))
-        .collect();
+    let pwms = sim_channels(config, &log, &clock);
     Ok((ServoActuator::new(config, pwms, clock)?, log))
+}
+
+/// Simulated channels for the configured servos, in config order, recording into `log`.
+pub fn sim_channels(config: &ActuationConfig, log: &SimLog, clock: &Arc<dyn Clock>) -> Vec<SimPwm> {
+    config.servos.iter().map(|s| SimPwm::new(&s.name, SIM_MAX_DUTY, log.clone(), clock.clone())).collect()
 }
 
 

@@ -520,7 +520,7 @@ impl<P: SetDutyCycle> ServoCalibration<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actuation::sim::{SimLog, SimPwm, SIM_MAX_DUTY};
+    use crate::actuation::sim::{SimLog, SimPwm};
     use crate::clock::SimClock;
     use crate::config::ActuationConfig;
 
@@ -531,11 +531,7 @@ mod tests {
         actuation.servos[0].max_us = 2000;
         let clock: Arc<dyn Clock> = Arc::new(SimClock::new());
         let log = SimLog::default();
-        let pwms = actuation
-            .servos
-            .iter()
-            .map(|s| SimPwm::new(&s.name, SIM_MAX_DUTY, log.clone(), clock.clone()))
-            .collect();
+        let pwms = crate::actuation::sim_channels(&actuation, &log, &clock);
         (ServoCalibration::new(actuation, pwms, clock).unwrap(), log)
     }
 

@@ -13,7 +13,7 @@ use crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use embedded_hal::pwm::SetDutyCycle;
 
 use super::terminal::{print_raw, RawMode};
-use crate::actuation::{self, SimLog, SimPwm, SIM_MAX_DUTY, SYSFS_PWM_ROOT};
+use crate::actuation::{self, SimLog, SYSFS_PWM_ROOT};
 use crate::calibration::servos::{Command, ServoCalibration, HELP};
 use crate::calibration::{save_with_backup, with_actuation};
 use crate::clock::{Clock, SimClock, SystemClock};
@@ -147,8 +147,7 @@ fn servos(args: ServosArgs) -> anyhow::Result<ExitCode> {
     match actuation.backend {
         ActuatorBackend::Sim => {
             let clock: Arc<dyn Clock> = Arc::new(SimClock::new());
-            let log = SimLog::default();
-            let pwms = actuation.servos.iter().map(|s| SimPwm::new(&s.name, SIM_MAX_DUTY, log.clone(), clock.clone())).collect();
+            let pwms = actuation::sim_channels(&actuation, &SimLog::default(), &clock);
             session(target, ServoCalibration::new(actuation, pwms, clock)?, &args)
         }
         ActuatorBackend::Rppal => {

@@ -148,8 +148,11 @@ fn save(target: Target, reference: &RgbImage, roi: Option<Roi>, args: &CameraArg
         None => target.path.parent().unwrap_or(Path::new(".")).join("calibration"),
     };
     let dir = std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))?;
-    let reference_path = dir.join("reference.png");
-    let background_path = dir.join("background.png");
+    // New names each time: until the config is saved, the old config still
+    // points at the old pictures, so an interrupted calibration changes nothing.
+    let stamp = crate::sorter::events::rfc3339_utc(std::time::SystemTime::now()).replace([':', '.'], "");
+    let reference_path = dir.join(format!("reference-{stamp}.png"));
+    let background_path = dir.join(format!("background-{stamp}.png"));
     let crop = roi.map_or_else(|| reference.clone(), |r| r.crop(reference));
     let origin = target.path.display().to_string();
     let path_value = |p: &PathBuf| toml_edit::value(p.display().to_string());
@@ -169,16 +172,32 @@ fn save(target: Target, reference: &RgbImage, roi: Option<Roi>, args: &CameraArg
         table(doc, "trigger")?.insert("background", path_value(&background_path));
         Ok(())
     })?;
-    save_with_backup(&reference_path, &png(reference)?)?;
-    save_with_backup(&background_path, &png(&crop)?)?;
+    crate::util::write_atomic(&reference_path, &png(reference)?)?;
+    crate::util::write_atomic(&background_path, &png(&crop)?)?;
     save_with_backup(&target.path, text.as_bytes())?;
     println!("wrote {} and {}", reference_path.display(), background_path.display());
+    remove_unreferenced(&dir, &[&target.text, &text]);
     println!(
         "saved {} (previous version: {}); `systemctl reload smartbin` applies it",
         target.path.display(),
         crate::calibration::backup_path(&target.path).display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes calibration pictures in `dir` that neither the new config nor the
+/// one kept as `.bak` names (older calibrations).
+fn remove_unreferenced(dir: &Path, configs: &[&str]) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = (name.starts_with("reference-") || name.starts_with("background-")) && name.ends_with(".png");
+        if ours && !configs.iter().any(|c| c.contains(&name)) {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                log::warn!("could not remove the old {}: {e}", entry.path().display());
+            }
+        }
+    }
 }
 
 fn check(target: &Target, grab: &mut Grabber<'_>) -> anyhow::Result<ExitCode> {

@@ -212,7 +212,7 @@ fn capture(target: &Target, args: &ModelArgs, dataset: &Path, classes: &[String]
             }
             let frame = source.fresh_frame()?.with_context(|| format!("{} gave no more frames", source.describe()))?;
             let path = dataset.join(class).join(format!("capture-{}.jpg", unique_stamp()));
-            write_jpeg(&path, &frame.image)?;
+            crate::util::write_jpeg(&path, &frame.image)?;
             println!("{class} {k}/{per_class}: {}", path.display());
         }
     }
@@ -225,12 +225,6 @@ fn unique_stamp() -> String {
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     format!("{ms}-{:04}", COUNT.fetch_add(1, Ordering::Relaxed))
-}
-
-fn write_jpeg(path: &Path, image: &image::RgbImage) -> anyhow::Result<()> {
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 92).encode_image(image)?;
-    crate::util::write_atomic(path, bytes.get_ref()).with_context(|| format!("writing {}", path.display()))
 }
 
 #[derive(Debug, clap::Args)]

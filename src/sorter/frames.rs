@@ -29,11 +29,7 @@ impl FrameStore {
     /// Writes the frame of event `id` atomically; every few items drops the oldest.
     pub fn save(&self, id: u64, image: &RgbImage) -> anyhow::Result<PathBuf> {
         let path = Self::path(&self.dir, id);
-        let mut bytes = std::io::Cursor::new(Vec::new());
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
-            .encode_image(image)
-            .context("encoding the frame")?;
-        crate::util::write_atomic(&path, bytes.get_ref()).with_context(|| format!("writing {}", path.display()))?;
+        crate::util::write_jpeg(&path, image)?;
         if id % PRUNE_EVERY == 0 {
             self.prune()?;
         }
