@@ -130,6 +130,55 @@ fn flat_captures(dir: &Path) {
     }
 }
 
+/// Captures any trunk can tell apart: each class its own colour and pattern.
+fn distinct_captures(dir: &Path, per_class: u32) {
+    for (ci, class) in common::CLASSES.iter().enumerate() {
+        std::fs::create_dir_all(dir.join(class)).unwrap();
+        for k in 0..per_class {
+            let img = RgbImage::from_fn(48, 48, |x, y| {
+                let n = ((x * 13 + y * 7 + k * 29) % 31) as u8;
+                let mut p = [60 + n, 60 + n, 60 + n];
+                p[ci % 3] = 200 - n;
+                if ci >= 3 && (x + y) % 8 < 4 {
+                    p = [30, 30, 30];
+                }
+                Rgb(p)
+            });
+            img.save(dir.join(class).join(format!("{k}.png"))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_improved_model_is_saved_under_a_new_name_and_the_config_pointed_at_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // an untrained small model: whatever it says before, the captures teach it
+    let spec = smartbin::model::ModelSpec {
+        arch: smartbin::model::Arch::Resnet18,
+        att: smartbin::model::AttentionKind::Ours,
+        att_mix: smartbin::model::GateMix::Sum,
+        classes: common::CLASSES.iter().map(|c| c.to_string()).collect(),
+        image_size: 32,
+    };
+    let network = smartbin::model::Network::new(spec, &candle_core::Device::Cpu, 3).unwrap();
+    let start = dir.path().join("start.safetensors");
+    smartbin::model::checkpoint::save(&start, &network, candle_core::DType::F32, &Default::default(), &[]).unwrap();
+    let config = config_for(dir.path(), &start);
+    distinct_captures(&dir.path().join("captures"), 10);
+    let out = calibrate(&config, &["--epochs", "40", "--lr", "0.05", "--views", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("too few to suggest"), "18 held out: {stdout}");
+
+    let saved = smartbin::config::Config::load(&config).unwrap();
+    let adapted = saved.model.path.clone();
+    assert!(adapted.starts_with(dir.path().join("models")) && adapted.to_string_lossy().contains("adapted-"), "{adapted:?}");
+    let meta = smartbin::model::checkpoint::read_metadata(&adapted).unwrap();
+    assert!(meta.contains_key("smartbin.temperature") && meta.contains_key("smartbin.adapt_report"));
+    assert!(std::fs::read_to_string(dir.path().join("smartbin.toml.bak")).unwrap().contains("start.safetensors"));
+    assert!(start.exists(), "the old model stays as the fallback");
+}
+
 #[test]
 fn a_model_that_is_not_better_is_not_saved() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,7 +218,11 @@ fn a_corrected_item_joins_the_dataset_under_its_right_class() {
     assert!(dir.path().join("frames/1.jpg").exists());
 
     // the bin's wrong-bin button marks it (its GPIO thread calls this)
-    let marked = smartbin::calibration::button::mark_last_wrong(&dir.path().join("events.jsonl"), &dir.path().join("captures")).unwrap();
+    let marked = smartbin::calibration::button::mark_last_wrong(
+        &dir.path().join("events.jsonl"),
+        &dir.path().join("frames"),
+        &dir.path().join("captures"),
+    ).unwrap();
     assert_eq!(marked.event, 1);
     let pending = || {
         let out = common::smartbin().args(["correct", "--pending", "--config"]).arg(&config).output().unwrap();

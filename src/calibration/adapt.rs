@@ -60,18 +60,33 @@ pub struct Score {
 pub struct AdaptReport {
     pub train_captures: usize,
     pub holdout_captures: usize,
+    /// Replayed photos trained on, and held out.
     pub replay_images: usize,
+    pub replay_holdout: usize,
+    /// On the held-out captures.
     pub before: Score,
     pub after: Score,
+    /// On the held-out replayed photos.
+    pub replay_before: Option<Score>,
+    pub replay_after: Option<Score>,
     /// Trunk features, then head training, in seconds.
     pub feature_seconds: f64,
     pub train_seconds: f64,
 }
 
+/// Points of accuracy the held-out replay may lose (a photo or two of noise on
+/// a small set) before the adaptation counts as forgetting.
+pub const REPLAY_TOLERANCE: f64 = 5.0;
+
 impl AdaptReport {
-    /// Better means more held-out captures right; a tie keeps the old model.
+    /// Better means more held-out captures right (a tie keeps the old model)
+    /// without losing more than [`REPLAY_TOLERANCE`] on the held-out replay.
     pub fn improved(&self) -> bool {
-        self.after.accuracy > self.before.accuracy
+        let kept_old = match (self.replay_before, self.replay_after) {
+            (Some(b), Some(a)) => a.accuracy >= b.accuracy - REPLAY_TOLERANCE,
+            _ => true,
+        };
+        self.after.accuracy > self.before.accuracy && kept_old
     }
 }
 
@@ -119,14 +134,23 @@ pub fn adapt(
             holdout.len()
         );
     }
+    let classes: HashSet<usize> = train.iter().map(|s| s.label).collect();
+    if classes.len() < 2 && replay.is_empty() {
+        bail!("the captures hold one class only: with nothing replayed the model would learn to see only it (add --replay)");
+    }
     let size = network.spec.image_size;
     let started = Instant::now();
+    // Part of the replay is held out too: the adapted model must not get worse
+    // on the original data set's classes, which the captures may not show.
+    let (replay_train, replay_holdout) = split_captures(replay, options.holdout, options.seed ^ 0x2E91);
     let capture_paths: HashSet<PathBuf> = train.iter().map(|s| s.path.clone()).collect();
+    let replay_held: HashSet<PathBuf> = replay_holdout.iter().map(|s| s.path.clone()).collect();
     let crop_side = (f64::from(size) / options.min_crop_scale.max(1e-3).sqrt()).ceil() as u32;
     let train_side = crop_side.max(crate::preprocess::eval_resize_side(size));
-    let all_train: Vec<Sample> = train.iter().chain(replay).cloned().collect();
+    let all_train: Vec<Sample> = train.iter().chain(&replay_train).cloned().collect();
+    let all_holdout: Vec<Sample> = holdout.iter().chain(&replay_holdout).cloned().collect();
     let (train_cache, mut unreadable) = ImageCache::build(&all_train, train_side);
-    let (holdout_cache, bad) = ImageCache::build(holdout, crate::preprocess::eval_resize_side(size));
+    let (holdout_cache, bad) = ImageCache::build(&all_holdout, crate::preprocess::eval_resize_side(size));
     unreadable.extend(bad);
     if holdout_cache.is_empty() || train_cache.is_empty() {
         bail!("no readable captures left to train on or to hold out");
@@ -142,27 +166,67 @@ pub fn adapt(
         options.seed,
     )?;
     let feature_seconds = started.elapsed().as_secs_f64();
-    let holdout_labels: Vec<usize> = (0..holdout_cache.len()).map(|i| holdout_cache.label(i)).collect();
-    let before = score(&head_logits(network, &features.val, frozen)?, &holdout_labels);
+    let from_replay: Vec<bool> = holdout_cache.samples().iter().map(|s| replay_held.contains(&s.path)).collect();
+    let labels_held: Vec<usize> = (0..holdout_cache.len()).map(|i| holdout_cache.label(i)).collect();
+    let held = HeldOut { from_replay, labels: labels_held };
+    let (before, replay_before) = held.scores(&head_logits(network, &features.val, frozen)?);
 
     let is_capture: Vec<bool> =
         train_cache.samples().iter().map(|s| capture_paths.contains(&s.path)).collect();
     let labels: Vec<usize> = (0..train_cache.len()).map(|i| train_cache.label(i)).collect();
     let trained = Instant::now();
     train_head(network, frozen, &features, &labels, &is_capture, options)?;
-    let holdout_logits = head_logits(network, &features.val, frozen)?;
-    let after = score(&holdout_logits, &holdout_labels);
+    let logits = head_logits(network, &features.val, frozen)?;
+    if logits.iter().flatten().any(|v| !v.is_finite()) {
+        bail!("training diverged (the outputs are not numbers): try a smaller --lr");
+    }
+    let (after, replay_after) = held.scores(&logits);
+    let (holdout_logits, holdout_labels) = held.captures(logits);
     let replay_images = is_capture.iter().filter(|c| !**c).count();
     let report = AdaptReport {
         train_captures: is_capture.len() - replay_images,
         holdout_captures: holdout_labels.len(),
         replay_images,
+        replay_holdout: held.from_replay.iter().filter(|r| **r).count(),
         before,
         after,
+        replay_before,
+        replay_after,
         feature_seconds,
         train_seconds: trained.elapsed().as_secs_f64(),
     };
     Ok(Adapted { report, holdout_logits, holdout_labels, unreadable })
+}
+
+/// The held-out images: captures, then replayed photos.
+struct HeldOut {
+    from_replay: Vec<bool>,
+    labels: Vec<usize>,
+}
+
+impl HeldOut {
+    /// Scores on the captures and (if any) on the replayed photos.
+    fn scores(&self, logits: &[Vec<f32>]) -> (Score, Option<Score>) {
+        let pick = |replay: bool| -> (Vec<Vec<f32>>, Vec<usize>) {
+            (0..self.labels.len())
+                .filter(|&i| self.from_replay[i] == replay)
+                .map(|i| (logits[i].clone(), self.labels[i]))
+                .unzip()
+        };
+        let (cl, cy) = pick(false);
+        let (rl, ry) = pick(true);
+        (score(&cl, &cy), (!ry.is_empty()).then(|| score(&rl, &ry)))
+    }
+
+    fn captures(&self, logits: Vec<Vec<f32>>) -> (Vec<Vec<f32>>, Vec<usize>) {
+        logits
+            .into_iter()
+            .zip(&self.labels)
+            .zip(&self.from_replay)
+            .filter(|(_, replay)| !**replay)
+            .map(|((l, &y), _)| (l, y))
+            .unzip()
+    }
 }
 
 /// Each epoch sees every replay image once and the captures repeated to about
@@ -254,12 +318,16 @@ fn nll_at(logits: &[Vec<f32>], labels: &[usize], temperature: f64) -> f64 {
     total / labels.len().max(1) as f64
 }
 
+/// Temperatures searched. Below 1/4 a handful of right answers would make the
+/// model far surer than any held-out set can justify.
+pub const TEMPERATURE_RANGE: (f64, f64) = (0.25, 10.0);
+
 /// The temperature T minimising the negative log-likelihood of
-/// `softmax(logits / T)`: golden-section search over ln T in [ln 0.05, ln 20]
-/// (the likelihood is unimodal in T).
+/// `softmax(logits / T)`: golden-section search over ln T in
+/// [`TEMPERATURE_RANGE`] (the likelihood is unimodal in T).
 pub fn fit_temperature(logits: &[Vec<f32>], labels: &[usize]) -> f64 {
     let f = |ln_t: f64| nll_at(logits, labels, ln_t.exp());
-    let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
+    let (mut a, mut b) = (TEMPERATURE_RANGE.0.ln(), TEMPERATURE_RANGE.1.ln());
     let ratio = (5f64.sqrt() - 1.0) / 2.0;
     let (mut c, mut d) = (b - ratio * (b - a), a + ratio * (b - a));
     for _ in 0..60 {
@@ -316,17 +384,39 @@ const FOLDS: usize = 5;
 /// computed over all of them pooled.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
-    /// Fitted on all held-out captures: what the saved model uses.
+    /// Fitted on all held-out captures: what the saved model uses. 1 when
+    /// not fitted.
     pub temperature: f64,
+    /// False when the held-out captures hold no mistake: the likelihood then
+    /// only says "be surer", without limit, so the temperature stays 1.
+    pub fitted: bool,
     /// Expected calibration error without scaling (T = 1).
     pub ece_before: f64,
     /// With scaling, cross-fitted.
     pub ece_after: f64,
+    /// Mean negative log-likelihood of the right class, without scaling and
+    /// with it (cross-fitted): steadier than the ECE on a few dozen items.
+    pub nll_before: f64,
+    pub nll_after: f64,
 }
 
 pub fn calibrate_confidence(logits: &[Vec<f32>], labels: &[usize]) -> Calibration {
+    let ece_before = expected_calibration_error(logits, labels, 1.0);
+    let nll_before = nll_at(logits, labels, 1.0);
+    let all_right = confidences(logits, labels, 1.0).iter().all(|(_, right)| *right);
+    if all_right || labels.len() < 2 {
+        return Calibration {
+            temperature: 1.0,
+            fitted: false,
+            ece_before,
+            ece_after: ece_before,
+            nll_before,
+            nll_after: nll_before,
+        };
+    }
     let folds = FOLDS.min(labels.len()).max(1);
     let mut scaled = Vec::with_capacity(labels.len());
+    let mut nll_sum = 0.0;
     for fold in 0..folds {
         let (fit_l, fit_y): (Vec<Vec<f32>>, Vec<usize>) =
             (0..labels.len()).filter(|i| folds == 1 || i % folds != fold).map(|i| (logits[i].clone(), labels[i])).unzip();
@@ -334,11 +424,15 @@ pub fn calibrate_confidence(logits: &[Vec<f32>], labels: &[usize]) -> Calibratio
         let (l, y): (Vec<Vec<f32>>, Vec<usize>) =
             (0..labels.len()).filter(|i| i % folds == fold).map(|i| (logits[i].clone(), labels[i])).unzip();
         scaled.extend(confidences(&l, &y, t));
+        nll_sum += nll_at(&l, &y, t) * y.len() as f64;
     }
     Calibration {
         temperature: fit_temperature(logits, labels),
-        ece_before: expected_calibration_error(logits, labels, 1.0),
+        fitted: true,
+        ece_before,
         ece_after: ece_of(&scaled),
+        nll_before,
+        nll_after: nll_sum / labels.len() as f64,
     }
 }
 
@@ -352,17 +446,28 @@ pub struct ThresholdSuggestion {
     pub sorted: f64,
 }
 
-/// The lowest threshold (sorting the most items) whose wrong-bin share on the
-/// held-out captures is at most `target`. `bin_of(class)` maps a class index to
-/// its bin, so a mix-up of two classes sharing a bin costs nothing.
+/// Fewer held-out captures than this say too little to suggest a threshold.
+pub const MIN_ITEMS_FOR_THRESHOLD: usize = 20;
+/// No suggestion goes below this: on a small held-out set "no mistakes
+/// seen" is not "no mistakes".
+pub const MIN_THRESHOLD: f64 = 0.3;
+
+/// The lowest threshold (sorting the most items) at or above [`MIN_THRESHOLD`]
+/// whose wrong-bin share on the held-out captures, counting one more mistake
+/// than seen (a small set rarely shows the rare ones), is at most `target`.
+/// `bin_of(class)` maps a class index to its bin, so a mix-up of two classes
+/// sharing a bin costs nothing. `None` with too few captures.
 pub fn suggest_threshold(
     logits: &[Vec<f32>],
     labels: &[usize],
     temperature: f64,
     bin_of: impl Fn(usize) -> String,
     target: f64,
-) -> ThresholdSuggestion {
-    let n = labels.len().max(1) as f64;
+) -> Option<ThresholdSuggestion> {
+    if labels.len() < MIN_ITEMS_FOR_THRESHOLD {
+        return None;
+    }
+    let n = labels.len() as f64;
     let items: Vec<(f64, bool)> = logits
         .iter()
         .zip(labels)
@@ -372,22 +477,21 @@ pub fn suggest_threshold(
             (p[top], bin_of(top) != bin_of(y))
         })
         .collect();
-    let mut candidates: Vec<f64> = items.iter().map(|(c, _)| *c).collect();
-    candidates.push(0.0);
-    candidates.push(1.0 + 1e-9);
+    let mut candidates: Vec<f64> = items.iter().map(|(c, _)| *c).filter(|c| *c >= MIN_THRESHOLD).collect();
+    candidates.push(MIN_THRESHOLD);
     candidates.sort_by(f64::total_cmp);
     let outcome = |t: f64| {
         let sorted: Vec<&(f64, bool)> = items.iter().filter(|(c, _)| *c >= t).collect();
-        let wrong = sorted.iter().filter(|(_, w)| *w).count() as f64 / n;
+        let wrong = sorted.iter().filter(|(_, w)| *w).count() as f64;
         (wrong, sorted.len() as f64 / n)
     };
     for t in candidates {
-        let (wrong_bin, sorted) = outcome(t);
-        if wrong_bin <= target {
-            return ThresholdSuggestion { threshold: t.min(1.0), wrong_bin, sorted };
+        let (wrong, sorted) = outcome(t);
+        if (wrong + 1.0) / n <= target {
+            return Some(ThresholdSuggestion { threshold: t, wrong_bin: wrong / n, sorted });
         }
     }
-    ThresholdSuggestion { threshold: 1.0, wrong_bin: 0.0, sorted: 0.0 }
+    Some(ThresholdSuggestion { threshold: 1.0, wrong_bin: 0.0, sorted: 0.0 })
 }
 
 /// `per_class` images of each class from `samples`, spread over the listing.
@@ -468,22 +572,33 @@ mod tests {
         assert!(nll_at(&logits, &labels, t) < nll_at(&logits, &labels, 1.0));
         let c = calibrate_confidence(&logits, &labels);
         assert!(c.ece_before > 0.2 && c.ece_after < 0.08, "{c:?}");
+        assert!(c.nll_after < c.nll_before / 2.0, "{c:?}");
     }
 
     #[test]
     fn the_threshold_keeps_wrong_bins_under_the_target() {
         // confident and right, or unsure and wrong: a threshold separates them
-        let logits: Vec<Vec<f32>> = (0..10).map(|i| if i < 8 { vec![5.0, 0.0, 0.0] } else { vec![0.6, 0.5, 0.0] }).collect();
-        let labels: Vec<usize> = (0..10).map(|i| if i < 8 { 0 } else { 2 }).collect();
+        let logits: Vec<Vec<f32>> = (0..40).map(|i| if i < 32 { vec![5.0, 0.0, 0.0] } else { vec![0.6, 0.5, 0.0] }).collect();
+        let labels: Vec<usize> = (0..40).map(|i| if i < 32 { 0 } else { 2 }).collect();
         let bins = |c: usize| ["glass", "paper", "landfill"][c].to_string();
-        let s = suggest_threshold(&logits, &labels, 1.0, bins, 0.05);
+        let s = suggest_threshold(&logits, &labels, 1.0, bins, 0.05).unwrap();
         assert!(s.threshold > 0.45 && s.threshold <= 0.99, "{s:?}");
         assert_eq!((s.wrong_bin, s.sorted), (0.0, 0.8));
         // two classes in one bin: mixing them up is no wrong bin, all get sorted
-        let same_bin = |c: usize| if c == 1 { "paper".into() } else { "glass".to_string() };
-        let labels_same: Vec<usize> = (0..10).map(|i| if i < 8 { 0 } else { 2 }).collect();
-        let s = suggest_threshold(&logits, &labels_same, 1.0, same_bin, 0.0);
-        assert_eq!(s.sorted, 1.0, "{s:?}");
+        let same_bin = |c: usize| if c == 2 { "glass".into() } else { "glass".to_string() };
+        let s = suggest_threshold(&logits, &labels, 1.0, same_bin, 0.05).unwrap();
+        assert_eq!((s.threshold, s.sorted), (MIN_THRESHOLD, 1.0), "{s:?}");
+        // too few captures: no suggestion
+        assert!(suggest_threshold(&logits[..10], &labels[..10], 1.0, bins, 0.05).is_none());
+    }
+
+    #[test]
+    fn a_held_out_set_without_mistakes_keeps_the_temperature() {
+        let logits: Vec<Vec<f32>> = (0..30).map(|i| { let mut l = vec![0.0f32; 3]; l[i % 3] = 2.0; l }).collect();
+        let labels: Vec<usize> = (0..30).map(|i| i % 3).collect();
+        let c = calibrate_confidence(&logits, &labels);
+        assert_eq!((c.temperature, c.fitted), (1.0, false));
+        assert!(fit_temperature(&logits, &labels) >= TEMPERATURE_RANGE.0);
     }
 
     /// Small coloured "photos": each class a hue the trunk can tell apart.
@@ -528,6 +643,25 @@ mod tests {
         assert!(r.after.accuracy > r.before.accuracy && r.after.accuracy >= 90.0, "{r:?}");
         assert!(r.improved());
         assert_eq!(adapted.holdout_logits.len(), 12);
+    }
+
+    #[test]
+    fn forgetting_the_replayed_classes_is_not_an_improvement() {
+        let s = |accuracy| Score { accuracy, nll: 1.0 };
+        let report = |replay_after| AdaptReport {
+            train_captures: 10,
+            holdout_captures: 5,
+            replay_images: 10,
+            replay_holdout: 6,
+            before: s(60.0),
+            after: s(80.0),
+            replay_before: Some(s(90.0)),
+            replay_after: Some(s(replay_after)),
+            feature_seconds: 0.0,
+            train_seconds: 0.0,
+        };
+        assert!(report(86.0).improved(), "within the tolerance");
+        assert!(!report(80.0).improved(), "ten points lost on the old classes");
     }
 
     #[test]

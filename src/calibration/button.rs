@@ -5,8 +5,8 @@
 //! what waits for one).
 //!
 //! The button is read on its own thread, so a press is seen whatever the sort
-//! loop is doing; the last item is read back from the event log, which is
-//! synced after every item.
+//! loop is doing. The item it means is the newest kept frame: saved before the
+//! item is classified, so a press while the servos still move finds it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,31 +61,44 @@ pub struct Marked {
     pub copy: PathBuf,
 }
 
-/// Files the last logged item's frame under `<dataset>/to-label/`.
-pub fn mark_last_wrong(events: &Path, dataset: &Path) -> anyhow::Result<Marked> {
-    let text = std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
-    let event = text
-        .lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<crate::sorter::Event>(l).ok())
-        .find(|e| e.bin.is_some())
-        .context("no sorted item in the event log yet")?;
-    let frame = event
-        .frame
-        .as_ref()
-        .with_context(|| format!("event {} has no kept frame: set [log] frames", event.id))?;
-    let bytes = std::fs::read(frame).with_context(|| format!("reading {frame}"))?;
-    let copy = dataset.join(TO_LABEL).join(format!("event-{}.jpg", event.id));
+/// Files the newest item's frame under `<dataset>/to-label/`. The newest kept
+/// frame is the item being routed or the last one routed: its event is only
+/// logged once the servos are home, and a press usually comes before that.
+pub fn mark_last_wrong(events: &Path, frames: &Path, dataset: &Path) -> anyhow::Result<Marked> {
+    let id = newest_frame(frames)?.with_context(|| format!("no kept frame in {} yet", frames.display()))?;
+    let frame = crate::sorter::frames::FrameStore::path(frames, id);
+    let bytes = std::fs::read(&frame).with_context(|| format!("reading {}", frame.display()))?;
+    let copy = dataset.join(TO_LABEL).join(format!("event-{id}.jpg"));
     crate::util::write_atomic(&copy, &bytes).with_context(|| format!("writing {}", copy.display()))?;
+    let class = logged_class(events, id);
     let line = serde_json::json!({
-        "event": event.id,
+        "event": id,
         "time": crate::sorter::events::rfc3339_utc(std::time::SystemTime::now()),
-        "was": event.class,
+        "was": class,
         "now": null,
         "frame": copy.display().to_string(),
     });
     append_line(&dataset.join("corrections.jsonl"), &line.to_string())?;
-    Ok(Marked { event: event.id, class: event.class, copy })
+    Ok(Marked { event: id, class, copy })
+}
+
+/// The highest event id with a kept frame in `frames`.
+fn newest_frame(frames: &Path) -> anyhow::Result<Option<u64>> {
+    let entries = std::fs::read_dir(frames).with_context(|| format!("listing {}", frames.display()))?;
+    Ok(entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".jpg")?.parse().ok())
+        .max())
+}
+
+/// The class event `id` was given, if it is logged yet.
+fn logged_class(events: &Path, id: u64) -> Option<String> {
+    let text = std::fs::read_to_string(events).ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<crate::sorter::Event>(l).ok())
+        .find(|e| e.id == id)
+        .and_then(|e| e.class)
 }
 
 /// Appends one line and syncs it.
@@ -110,6 +123,7 @@ pub fn watch<P: InputPin + Send + 'static>(
     pressed_level: Level,
     hold: Duration,
     events: PathBuf,
+    frames: PathBuf,
     dataset: PathBuf,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
@@ -125,7 +139,7 @@ pub fn watch<P: InputPin + Send + 'static>(
                 Ok(pressed) => {
                     failing = false;
                     if debounce.update(pressed, Instant::now()) {
-                        match mark_last_wrong(&events, &dataset) {
+                        match mark_last_wrong(&events, &frames, &dataset) {
                             Ok(m) => log::warn!(
                                 "wrong-bin button: event {} ({}) filed as {} for `smartbin correct {} CLASS`",
                                 m.event,
@@ -171,21 +185,25 @@ mod tests {
     }
 
     #[test]
-    fn a_press_files_the_last_sorted_items_frame() {
+    fn a_press_files_the_newest_items_frame_even_before_it_is_logged() {
         let dir = tempfile::tempdir().unwrap();
-        let frame = dir.path().join("7.jpg");
-        std::fs::write(&frame, b"jpeg bytes").unwrap();
+        let frames = dir.path().join("frames");
+        std::fs::create_dir_all(&frames).unwrap();
+        std::fs::write(frames.join("7.jpg"), b"item 7").unwrap();
+        std::fs::write(frames.join("8.jpg"), b"item 8").unwrap();
+        std::fs::write(frames.join("notes.txt"), b"x").unwrap();
         let events = dir.path().join("events.jsonl");
-        let lines = [
-            format!(r#"{{"id":7,"time":"t","source":"cam","class":"glass","bin":"glass","frame":"{}"}}"#, frame.display()),
-            r#"{"id":8,"time":"t","source":"cam","error":"bad frame: x"}"#.to_string(),
-        ];
-        std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+        // item 8 is still being routed: only 7 is logged
+        std::fs::write(&events, r#"{"id":7,"time":"t","source":"cam","class":"glass","bin":"glass"}"#.to_string() + "\n").unwrap();
         let dataset = dir.path().join("captures");
-        let marked = mark_last_wrong(&events, &dataset).unwrap();
-        assert_eq!(marked.event, 7, "a bad frame is not an item");
-        assert_eq!(std::fs::read(dataset.join("to-label/event-7.jpg")).unwrap(), b"jpeg bytes");
+        let marked = mark_last_wrong(&events, &frames, &dataset).unwrap();
+        assert_eq!((marked.event, marked.class.as_deref()), (8, None));
+        assert_eq!(std::fs::read(dataset.join("to-label/event-8.jpg")).unwrap(), b"item 8");
+        std::fs::remove_file(frames.join("8.jpg")).unwrap();
+        let marked = mark_last_wrong(&events, &frames, &dataset).unwrap();
+        assert_eq!((marked.event, marked.class.as_deref()), (7, Some("glass")));
         let log = std::fs::read_to_string(dataset.join("corrections.jsonl")).unwrap();
-        assert!(log.contains(r#""event":7"#) && log.contains(r#""now":null"#), "{log}");
+        assert_eq!(log.lines().count(), 2);
+        assert!(log.contains(r#""now":null"#), "{log}");
     }
 }

@@ -64,6 +64,12 @@ impl Roi {
         [self.x, self.y, self.width, self.height]
     }
 
+    /// Whether the rectangle lies inside a `width`×`height` frame.
+    pub fn fits(&self, width: u32, height: u32) -> bool {
+        let inside = |start: u32, len: u32, limit: u32| start.checked_add(len).is_some_and(|end| end <= limit);
+        self.width > 0 && self.height > 0 && inside(self.x, self.width, width) && inside(self.y, self.height, height)
+    }
+
     /// `image` cropped to the rectangle (clipped to the image).
     pub fn crop(&self, image: &RgbImage) -> RgbImage {
         let x = self.x.min(image.width().saturating_sub(1));

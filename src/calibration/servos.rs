@@ -19,12 +19,14 @@ use std::sync::Arc;
 use embedded_hal::pwm::SetDutyCycle;
 
 use crate::actuation::servo::pulse_us;
-use crate::actuation::{Actuator, ActuationError, Servo, ServoActuator};
+use crate::actuation::{Actuator, ActuationError, Servo, ServoActuator, SimLog, SimPwm};
 use crate::clock::Clock;
 use crate::config::{ActuationConfig, Pose, ServoConfig, PULSE_LIMITS_US};
 
 /// Jog step when none is given, in µs.
 pub const DEFAULT_STEP_US: u16 = 10;
+/// Largest single jog: more is surely a typo, and a sudden jump.
+pub const MAX_STEP_US: u16 = 500;
 
 /// One calibration action.
 #[derive(Debug, Clone, PartialEq)]
@@ -239,6 +241,9 @@ impl<P: SetDutyCycle> ServoCalibration<P> {
         match command {
             Command::Select(which) => self.select(which),
             Command::Jog { up, by } => {
+                if by.is_some_and(|us| !(1..=MAX_STEP_US).contains(&us)) {
+                    return Err(format!("a jog of {} µs: allowed 1..={MAX_STEP_US}", by.unwrap_or(0)));
+                }
                 let by = i32::from(by.unwrap_or(self.step_us));
                 let step = if *up { by } else { -by };
                 let from = self.jogs[self.selected].pulse.map_or_else(|| self.start_pulse(), i32::from);
@@ -246,8 +251,8 @@ impl<P: SetDutyCycle> ServoCalibration<P> {
             }
             Command::Pulse(us) => self.go_to(i32::from(*us)),
             Command::Step(us) => {
-                if !(1..=500).contains(us) {
-                    return Err(format!("step {us} µs: allowed 1..=500"));
+                if !(1..=MAX_STEP_US).contains(us) {
+                    return Err(format!("step {us} µs: allowed 1..={MAX_STEP_US}"));
                 }
                 self.step_us = *us;
                 Ok(format!("step {us} µs"))
@@ -321,12 +326,24 @@ impl<P: SetDutyCycle> ServoCalibration<P> {
         format!("{name}: {at}  [jog {low}..={high} µs, step {} µs]", self.step_us)
     }
 
+    /// Whether `config` (and a jog over `bounds`) can drive the selected
+    /// servo's channel, tried on a simulated channel of the same resolution so
+    /// a refusal never costs the real one.
+    fn check_servo(&self, config: &ServoConfig, bounds: (u16, u16)) -> Result<(), String> {
+        let max_duty = self.jogs[self.selected].servo.max_duty();
+        let sim = || SimPwm::new(&config.name, max_duty, SimLog::default(), self.clock.clone());
+        Servo::new(config.clone(), sim()).map_err(|e| e.to_string())?;
+        Servo::new(jog_config(config, bounds), sim()).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     fn set_bounds(&mut self, bounds: (u16, u16)) -> Result<(), String> {
         let index = self.selected;
-        let placeholder = self.jogs.remove(index);
-        let pwm = placeholder.servo.into_pwm();
-        let servo = Servo::new(jog_config(&self.actuation.servos[index], bounds), pwm).map_err(|e| e.to_string())?;
-        self.jogs.insert(index, Jog { servo, bounds, pulse: placeholder.pulse });
+        self.check_servo(&self.actuation.servos[index].clone(), bounds)?;
+        let old = self.jogs.remove(index);
+        let servo = Servo::new(jog_config(&self.actuation.servos[index], bounds), old.servo.into_pwm())
+            .expect("checked on a channel of the same resolution");
+        self.jogs.insert(index, Jog { servo, bounds, pulse: old.pulse });
         Ok(())
     }
 
@@ -363,10 +380,12 @@ impl<P: SetDutyCycle> ServoCalibration<P> {
             }
             new.min_us = pulse;
         }
-        let moved = self.keep_pulses(&old, &new);
-        self.actuation.servos[index] = new.clone();
         let (low, high) = self.bounds();
         let bounds = if upper { (low.min(pulse), pulse) } else { (pulse, high.max(pulse)) };
+        // Nothing changes unless the new range can drive the servo.
+        self.check_servo(&new, bounds)?;
+        let moved = self.keep_pulses(&old, &new);
+        self.actuation.servos[index] = new.clone();
         self.set_bounds(bounds)?;
         self.changed = true;
         let which = if upper { "max_us" } else { "min_us" };
@@ -396,8 +415,22 @@ impl<P: SetDutyCycle> ServoCalibration<P> {
         }
     }
 
-    fn store_home(&mut self) -> Result<String, String> {
+    /// The current pulse, if it lies inside the stored limits (a pose or home
+    /// outside them would be clamped when used, so it is refused).
+    fn pulse_inside_limits(&self) -> Result<u16, String> {
         let pulse = self.current_pulse()?;
+        let c = &self.actuation.servos[self.selected];
+        if !(c.min_us..=c.max_us).contains(&pulse) {
+            return Err(format!(
+                "{pulse} µs is outside {}'s stored limits {}..={} µs: store `min`/`max` first, or come back inside",
+                c.name, c.min_us, c.max_us
+            ));
+        }
+        Ok(pulse)
+    }
+
+    fn store_home(&mut self) -> Result<String, String> {
+        let pulse = self.pulse_inside_limits()?;
         let config = &mut self.actuation.servos[self.selected];
         config.home = angle_for_pulse(config, f64::from(pulse));
         self.changed = true;
@@ -405,7 +438,7 @@ impl<P: SetDutyCycle> ServoCalibration<P> {
     }
 
     fn store_pose(&mut self, bin_name: &str, index: Option<usize>) -> Result<String, String> {
-        let pulse = self.current_pulse()?;
+        let pulse = self.pulse_inside_limits()?;
         let config = self.actuation.servos[self.selected].clone();
         let known: Vec<String> = self.actuation.bins.iter().map(|b| b.name.clone()).collect();
         let bin = self
@@ -592,9 +625,35 @@ mod tests {
         let before = log.records().len();
         run(&mut cal, "pulse 2500\npulse 500");
         for r in &log.records()[before..] {
-            assert!((800.0..=2201.0).contains(&r.pulse_us()), "{} µs", r.pulse_us());
+            assert!((800.0..=2200.0).contains(&r.pulse_us()), "{} µs", r.pulse_us());
         }
         assert!(cal.changed());
+    }
+
+    #[test]
+    fn a_range_the_channel_cannot_resolve_is_refused_and_the_channel_kept() {
+        let (mut cal, log) = session();
+        // 4096 counts per 20 ms: no duty step between 1001 and 1004 µs
+        run(&mut cal, "servo chute\nunlock\npulse 1001\nmin\npulse 1004");
+        let err = cal.apply(&Command::StoreMax).unwrap_err();
+        assert!(err.contains("no step"), "{err}");
+        assert_eq!(cal.actuation().servos[0].max_us, 2000, "nothing stored");
+        // the chute is still the chute, and still driven
+        run(&mut cal, "pulse 1500");
+        assert_eq!(cal.position().0, "chute");
+        assert_eq!(cal.position().1, Some(1500));
+        assert!((log.records().last().unwrap().pulse_us() - 1500.0).abs() < 5.0);
+        assert_eq!(log.records().last().unwrap().servo, "chute");
+    }
+
+    #[test]
+    fn poses_outside_the_stored_limits_are_refused() {
+        let (mut cal, _) = session();
+        run(&mut cal, "servo chute\nunlock\npulse 2300");
+        let err = cal.apply(&Command::StorePose { bin: "glass".into(), index: None }).unwrap_err();
+        assert!(err.contains("outside chute's stored limits 1000..=2000"), "{err}");
+        assert!(cal.apply(&Command::StoreHome).is_err());
+        assert!(Command::parse("+ 1000").is_ok() && cal.apply(&Command::Jog { up: true, by: Some(1000) }).is_err());
     }
 
     #[test]

@@ -107,9 +107,26 @@ pub(super) struct Target {
     pub path: PathBuf,
     pub text: String,
     pub config: Config,
+    /// Whether this session already kept the file as it was as `.bak`: later
+    /// saves must not overwrite that with an intermediate state.
+    pub backed_up: bool,
 }
 
 impl Target {
+    /// Writes the new config text; the first write of a session keeps the file
+    /// as loaded as `.bak`.
+    pub fn write(&mut self, text: &str) -> anyhow::Result<()> {
+        if self.backed_up {
+            crate::util::write_atomic(&self.path, text.as_bytes())
+                .with_context(|| format!("writing {}", self.path.display()))?;
+        } else {
+            save_with_backup(&self.path, text.as_bytes())?;
+            self.backed_up = true;
+        }
+        self.text = text.to_string();
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Target> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
@@ -120,14 +137,13 @@ impl Target {
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let config = Config::parse(&text, &path.display().to_string())?;
-        Ok(Target { path: path.to_path_buf(), text, config })
+        Ok(Target { path: path.to_path_buf(), text, config, backed_up: false })
     }
 
     fn save<P: SetDutyCycle>(&mut self, cal: &mut ServoCalibration<P>) -> anyhow::Result<String> {
         let origin = self.path.display().to_string();
         let text = with_actuation(&self.text, cal.actuation(), &origin)?;
-        save_with_backup(&self.path, text.as_bytes())?;
-        self.text = text;
+        self.write(&text)?;
         cal.mark_saved();
         Ok(format!(
             "saved {} (previous version: {}); a running service picks it up on `systemctl reload smartbin`",
@@ -182,24 +198,37 @@ fn session<P: SetDutyCycle>(target: Target, mut cal: ServoCalibration<P>, args: 
 
 /// Line commands: a bad line stops the script (nothing unsaved is written).
 fn script<P: SetDutyCycle>(mut target: Target, cal: &mut ServoCalibration<P>, file: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let (reader, name): (Box<dyn BufRead>, String) = match file {
-        None => (Box::new(std::io::stdin().lock()), "stdin".into()),
-        Some(p) if p == Path::new("-") => (Box::new(std::io::stdin().lock()), "stdin".into()),
+    let (reader, name): (Box<dyn BufRead + Send>, String) = match file {
+        None => (Box::new(std::io::BufReader::new(std::io::stdin())), "stdin".into()),
+        Some(p) if p == Path::new("-") => (Box::new(std::io::BufReader::new(std::io::stdin())), "stdin".into()),
         Some(p) => {
             let f = std::fs::File::open(p).with_context(|| format!("opening the script {}", p.display()))?;
             (Box::new(std::io::BufReader::new(f)), p.display().to_string())
         }
     };
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, interrupted.clone())?;
-    }
-    for (n, line) in reader.lines().enumerate() {
-        if interrupted.load(Ordering::Relaxed) {
-            anyhow::bail!("interrupted at {name} line {}: nothing more saved", n + 1);
+    let interrupted = stop_signals()?;
+    // Lines arrive on a thread, so a signal is noticed while stdin is idle too.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in reader.lines() {
+            if tx.send(line).is_err() {
+                return;
+            }
         }
+    });
+    let mut n = 0;
+    loop {
+        if interrupted.load(Ordering::Relaxed) {
+            anyhow::bail!("interrupted after {name} line {n}: servos stopped, nothing more saved");
+        }
+        let line = match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        n += 1;
         let line = line.with_context(|| format!("reading {name}"))?;
-        let at = || format!("{name} line {}", n + 1);
+        let at = || format!("{name} line {n}");
         match line.split('#').next().unwrap_or("").trim() {
             "save" => println!("{}", target.save(cal).with_context(at)?),
             "quit" | "exit" => break,
@@ -215,6 +244,16 @@ fn script<P: SetDutyCycle>(mut target: Target, cal: &mut ServoCalibration<P>, fi
     Ok(ExitCode::SUCCESS)
 }
 
+/// SIGINT, SIGTERM and SIGHUP (an SSH session that drops) end the session
+/// through its normal exit, which stops the servos.
+fn stop_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+        signal_hook::flag::register(signal, flag.clone())?;
+    }
+    Ok(flag)
+}
+
 /// Jog steps the ↑/↓ keys cycle through, in µs.
 const STEPS: [u16; 6] = [1, 5, 10, 25, 50, 100];
 
@@ -224,7 +263,14 @@ fn keys<P: SetDutyCycle>(mut target: Target, cal: &mut ServoCalibration<P>) -> a
     // the replies already say what moved.
     log::set_max_level(log::LevelFilter::Warn);
     print_raw(&format!("{}\n\n{}\n", cal.show(), key_help()));
+    let hung_up = stop_signals()?;
     loop {
+        if hung_up.load(Ordering::Relaxed) {
+            return Ok(ExitCode::from(1));
+        }
+        if !crossterm::event::poll(std::time::Duration::from_millis(200))? {
+            continue;
+        }
         let Event::Key(key) = crossterm::event::read()? else { continue };
         if key.kind != KeyEventKind::Press {
             continue;

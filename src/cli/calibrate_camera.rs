@@ -101,7 +101,8 @@ fn print_light(report: &LightReport) {
 }
 
 fn calibrate(target: Target, grab: &mut Grabber<'_>, args: &CameraArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.frames >= 1, "--frames must be at least 1");
+    // The median needs three to outvote a hand passing through one frame.
+    anyhow::ensure!(args.frames >= 3, "--frames must be at least 3");
     prompt("Leave the tray empty, with the bin's lid and light as in use.")?;
     let empty = grab.frames(args.frames)?;
     let reference = background(&empty);
@@ -125,7 +126,7 @@ fn calibrate(target: Target, grab: &mut Grabber<'_>, args: &CameraArgs) -> anyho
     };
     if let Some(r) = roi {
         anyhow::ensure!(
-            r.x + r.width <= w && r.y + r.height <= h,
+            r.fits(w, h),
             "the tray {},{} {}x{} reaches outside the {w}x{h} frame",
             r.x,
             r.y,

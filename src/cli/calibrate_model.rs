@@ -69,7 +69,21 @@ pub struct ModelArgs {
     pub set_threshold: bool,
 }
 
+fn check_args(args: &ModelArgs) -> anyhow::Result<()> {
+    if !(args.holdout > 0.0 && args.holdout < 1.0) {
+        bail!("--holdout {}: allowed a share between 0 and 1, e.g. 0.3", args.holdout);
+    }
+    if !(args.lr.is_finite() && args.lr > 0.0 && args.lr <= 1.0) {
+        bail!("--lr {}: allowed a number in (0, 1]", args.lr);
+    }
+    if args.views == 0 {
+        bail!("--views must be at least 1");
+    }
+    Ok(())
+}
+
 pub fn main(args: ModelArgs) -> anyhow::Result<ExitCode> {
+    check_args(&args)?;
     let target = Target::load(&args.config)?;
     let config = &target.config;
     let start_path = args.model.clone().unwrap_or_else(|| config.model.path.clone());
@@ -124,43 +138,72 @@ pub fn main(args: ModelArgs) -> anyhow::Result<ExitCode> {
         r.train_seconds,
         started.elapsed().as_secs_f64()
     );
+    if let (Some(b), Some(a)) = (r.replay_before, r.replay_after) {
+        println!("held-out replayed photos: {:.1}% before, {:.1}% after ({} images)", b.accuracy, a.accuracy, r.replay_holdout);
+    }
     if !r.improved() {
-        println!("not better than {} on the held-out captures: nothing saved, the bin keeps its model", start_path.display());
+        println!(
+            "not better than {} on the held-out captures (or worse on the replayed photos): nothing saved, \
+             the bin keeps its model",
+            start_path.display()
+        );
         return Ok(ExitCode::from(2));
     }
 
     let calibration = calibrate_confidence(&adapted.holdout_logits, &adapted.holdout_labels);
-    println!(
-        "confidence: temperature {:.2}; expected calibration error {:.3} -> {:.3} (cross-fitted on the held-out captures)",
-        calibration.temperature, calibration.ece_before, calibration.ece_after
-    );
+    if calibration.fitted {
+        println!(
+            "confidence: temperature {:.2}; expected calibration error {:.3} -> {:.3}, log loss {:.3} -> {:.3} \
+             (5-fold cross-fitted on the held-out captures)",
+            calibration.temperature,
+            calibration.ece_before,
+            calibration.ece_after,
+            calibration.nll_before,
+            calibration.nll_after
+        );
+    } else {
+        println!("confidence: no mistake among the held-out captures to fit a temperature on; it stays 1");
+    }
     let policy = crate::decision::DecisionPolicy::from_config(&config.decision);
     let bin_of = |class: usize| policy.bin_for_class(&classes[class]);
     let target_rate = f64::from(config.calibration.wrong_bin_target);
     let suggestion = suggest_threshold(&adapted.holdout_logits, &adapted.holdout_labels, calibration.temperature, bin_of, target_rate);
-    println!(
-        "threshold {:.2} keeps wrong bins at {:.1}% (target {:.1}%) and sorts {:.0}% of items, the rest to {}",
-        suggestion.threshold,
-        suggestion.wrong_bin * 100.0,
-        target_rate * 100.0,
-        suggestion.sorted * 100.0,
-        config.decision.fallback_bin
-    );
+    match &suggestion {
+        Some(s) => println!(
+            "threshold {:.2} keeps wrong bins at {:.1}% (target {:.1}%, counting one unseen mistake) and sorts {:.0}% \
+             of items, the rest to {}",
+            s.threshold,
+            s.wrong_bin * 100.0,
+            target_rate * 100.0,
+            s.sorted * 100.0,
+            config.decision.fallback_bin
+        ),
+        None => println!(
+            "threshold: fewer than {} held-out captures, too few to suggest one",
+            crate::calibration::adapt::MIN_ITEMS_FOR_THRESHOLD
+        ),
+    }
 
-    let out = args.out.clone().unwrap_or_else(|| target.path.parent().unwrap_or(Path::new(".")).join("models/adapted.safetensors"));
-    let out = std::path::absolute(&out)?;
-    let threshold = args.set_threshold.then_some(suggestion.threshold);
+    // A new name each time: the file the current config (and its .bak) names
+    // is never written over, so going back is restoring the .bak.
+    let stamp = crate::sorter::events::rfc3339_utc(std::time::SystemTime::now()).replace([':', '.'], "");
+    let default_out = target.path.parent().unwrap_or(Path::new(".")).join(format!("models/adapted-{stamp}.safetensors"));
+    let out = std::path::absolute(args.out.clone().unwrap_or(default_out))?;
+    if std::path::absolute(&config.model.path).ok().as_ref() == Some(&out) {
+        bail!("--out {} is the model the config uses now: give another file", out.display());
+    }
+    let threshold = match (args.set_threshold, &suggestion) {
+        (true, Some(s)) => Some(s.threshold),
+        _ => None,
+    };
     let (text, _) = edit_config(&target.text, &target.path.display().to_string(), |doc| {
         table(doc, "model")?.insert("path", toml_edit::value(out.display().to_string()));
         if let Some(t) = threshold {
-            table(doc, "decision")?.insert("threshold", toml_edit::value((t * 100.0).round() / 100.0));
+            // Rounded up: a lower threshold would sort items the suggestion did not.
+            table(doc, "decision")?.insert("threshold", toml_edit::value(((t * 100.0).ceil() / 100.0).min(1.0)));
         }
         Ok(())
     })?;
-    if out.exists() {
-        let backup = crate::calibration::backup_path(&out);
-        std::fs::copy(&out, &backup).with_context(|| format!("keeping {} as {}", out.display(), backup.display()))?;
-    }
     save_adapted(&out, &network, &start, calibration.temperature, r)?;
     save_with_backup(&target.path, text.as_bytes())?;
     println!(
@@ -200,6 +243,9 @@ fn capture(target: &Target, args: &ModelArgs, dataset: &Path, classes: &[String]
     let stop = Arc::new(AtomicBool::new(false));
     let mut source = open_configured(&spec, &source_config, Arc::new(SystemClock), stop)?;
     let interactive = std::io::stdin().is_terminal();
+    if !interactive && matches!(spec, crate::source::SourceSpec::Camera(_)) {
+        bail!("--capture from a camera asks for each item in turn: run it in a terminal (an images: source needs none)");
+    }
     for class in classes {
         for k in 1..=per_class {
             if interactive {
@@ -252,21 +298,29 @@ pub fn correct(args: CorrectArgs) -> anyhow::Result<ExitCode> {
     let (Some(id), Some(class)) = (args.event, args.class) else {
         bail!("give the event id and its class, e.g. `smartbin correct 42 plastic`");
     };
-    let classes: Vec<String> = config.decision.classes.keys().cloned().collect();
+    // The dataset trains the model, so its classes are the model's.
+    let classes = checkpoint::read_metadata(&config.model.path)
+        .ok()
+        .and_then(|m| serde_json::from_str::<crate::model::ModelSpec>(m.get("smartbin.spec")?).ok())
+        .map(|spec| spec.classes)
+        .with_context(|| format!("reading the classes of the model {}", config.model.path.display()))?;
     if !classes.contains(&class) {
-        bail!("`{class}` is not a class of this bin; classes: {}", classes.join(", "));
+        bail!("`{class}` is not a class of this bin's model; classes: {}", classes.join(", "));
     }
     let event = find_event(&config.log.events, id)?;
-    let frame = event.frame.as_ref().map(PathBuf::from).with_context(|| {
-        format!("event {id} has no kept frame: set [log] frames in the config so items' frames are kept")
-    })?;
-    let bytes = std::fs::read(&frame).with_context(|| {
-        format!("the frame of event {id} ({}) is gone: only the newest [log] keep_frames are kept", frame.display())
-    })?;
     let dataset = &config.calibration.dataset;
+    let marked = dataset.join(crate::calibration::button::TO_LABEL).join(format!("event-{id}.jpg"));
+    // The kept frame, or the copy the wrong-bin button made (kept frames are pruned).
+    let frame = event.frame.as_ref().map(PathBuf::from).filter(|f| f.exists()).or_else(|| marked.exists().then(|| marked.clone()));
+    let frame = frame.with_context(|| match &event.frame {
+        Some(f) => format!("the frame of event {id} ({f}) is gone: only the newest [log] keep_frames are kept"),
+        None => format!("event {id} has no kept frame: set [log] frames in the config so items' frames are kept"),
+    })?;
+    let bytes = std::fs::read(&frame).with_context(|| format!("reading {}", frame.display()))?;
     let dest = dataset.join(&class).join(format!("event-{id}.jpg"));
-    // Relabelling: the frame moves out of the class (or the to-label folder)
-    // it was filed under before.
+    crate::util::write_atomic(&dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
+    // Relabelling: the frame leaves the class (or the to-label folder) it was
+    // filed under before, once the new copy is safely written.
     let folders = classes.iter().map(String::as_str).chain([crate::calibration::button::TO_LABEL]);
     for folder in folders {
         let old = dataset.join(folder).join(format!("event-{id}.jpg"));
@@ -274,7 +328,6 @@ pub fn correct(args: CorrectArgs) -> anyhow::Result<ExitCode> {
             std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
         }
     }
-    crate::util::write_atomic(&dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
     let line = serde_json::json!({
         "event": id,
         "time": crate::sorter::events::rfc3339_utc(std::time::SystemTime::now()),

@@ -151,9 +151,9 @@ impl ButtonThread {
     fn start(config: &Config) -> anyhow::Result<Option<ButtonThread>> {
         let c = &config.calibration;
         let Some(pin) = c.wrong_button else { return Ok(None) };
-        if config.log.frames.is_none() {
-            log::warn!("[calibration] wrong_button is set but [log] frames is not: a press has no frame to file");
-        }
+        let Some(frames) = config.log.frames.clone() else {
+            anyhow::bail!("[calibration] wrong_button needs [log] frames: a press files the item's kept frame");
+        };
         let input = super::inputs::open_input(pin, c.wrong_button_pull, "[calibration] wrong_button")?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = crate::calibration::button::watch(
@@ -161,6 +161,7 @@ impl ButtonThread {
             c.wrong_button_active,
             std::time::Duration::from_millis(50),
             config.log.events.clone(),
+            frames,
             c.dataset.clone(),
             stop.clone(),
         );

@@ -570,6 +570,12 @@ impl Config {
         if self.log.keep_frames == 0 {
             out.push(Problem::new(&["log", "keep_frames"], "0 keeps nothing; allowed: 1 or more (leave `frames` out to save none)"));
         }
+        if self.calibration.wrong_button.is_some() && self.log.frames.is_none() {
+            out.push(Problem::new(
+                &["calibration", "wrong_button"],
+                "needs [log] frames: a press files the item's kept frame; allowed: set [log] frames too",
+            ));
+        }
         let target = self.calibration.wrong_bin_target;
         if !(0.0..=1.0).contains(&target) {
             out.push(Problem::new(&["calibration", "wrong_bin_target"], format!("{target} is not allowed; allowed: 0..=1")));

@@ -31,7 +31,10 @@ impl FrameStore {
         let path = Self::path(&self.dir, id);
         crate::util::write_jpeg(&path, image)?;
         if id % PRUNE_EVERY == 0 {
-            self.prune()?;
+            // The frame is written: a failed clean-up must not unlink it from its event.
+            if let Err(e) = self.prune() {
+                log::warn!("removing old frames from {}: {e:#}", self.dir.display());
+            }
         }
         Ok(path)
     }

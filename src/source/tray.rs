@@ -16,11 +16,13 @@ pub struct TraySource {
     /// The reference picture until the first frame has been checked against it.
     reference: Option<RgbImage>,
     drift: Option<DriftReport>,
+    /// Frame size whose misfit with the ROI was reported (once per size).
+    misfit: Option<(u32, u32)>,
 }
 
 impl TraySource {
     pub fn new(inner: Box<dyn FrameSource>, roi: Option<Roi>, reference: Option<RgbImage>) -> Self {
-        TraySource { inner, roi, reference, drift: None }
+        TraySource { inner, roi, reference, drift: None, misfit: None }
     }
 
     /// The start-up comparison with the reference, once a frame has come.
@@ -45,9 +47,26 @@ impl TraySource {
         self.drift = Some(report);
     }
 
-    fn crop(&self, mut frame: Frame) -> Frame {
-        if let Some(roi) = &self.roi {
+    /// The tray part of the frame. A frame the ROI does not fit (the camera
+    /// came back in another mode) is used whole, with a warning: a sliver of
+    /// the picture would be classified as nonsense.
+    fn crop(&mut self, mut frame: Frame) -> Frame {
+        let Some(roi) = self.roi else { return frame };
+        let size = frame.image.dimensions();
+        if roi.fits(size.0, size.1) {
             frame.image = roi.crop(&frame.image);
+        } else if self.misfit != Some(size) {
+            self.misfit = Some(size);
+            log::warn!(
+                "[source] roi {},{} {}x{} does not fit the camera's {}x{} frames: using whole frames; run \
+                 `smartbin calibrate camera` again",
+                roi.x,
+                roi.y,
+                roi.width,
+                roi.height,
+                size.0,
+                size.1
+            );
         }
         frame
     }
@@ -108,5 +127,15 @@ mod tests {
         assert_eq!(second.image.dimensions(), (120, 60));
         assert!(source.describe().contains("tray 120x60 at 20,10"));
         assert!(source.next_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn an_roi_that_does_not_fit_the_frame_leaves_it_whole() {
+        let frame = RgbImage::new(100, 80);
+        let roi = Roi { x: 60, y: 10, width: 120, height: 60 };
+        let mut source = TraySource::new(Box::new(Frames(vec![frame.clone(), frame])), Some(roi), None);
+        assert_eq!(source.next_frame().unwrap().unwrap().image.dimensions(), (100, 80));
+        assert_eq!(source.next_frame().unwrap().unwrap().image.dimensions(), (100, 80));
+        assert!(!Roi { x: u32::MAX - 10, y: 0, width: 100, height: 10 }.fits(640, 480), "no overflow");
     }
 }
