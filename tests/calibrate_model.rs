@@ -85,6 +85,9 @@ fn adapting_to_a_new_bin_improves_held_out_accuracy_and_saves_with_a_backup() {
             data.to_str().unwrap(),
             "--replay-per-class",
             "10",
+            // half held out: 90 captures make the calibration error worth reading
+            "--holdout",
+            "0.5",
             "--out",
             out_model.to_str().unwrap(),
             "--set-threshold",
