@@ -40,6 +40,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// The current UTC time as a file-name part, e.g. `2026-12-04T091500123Z`:
+/// sorts in time order and has no `:` (which some tools treat specially).
+pub fn file_stamp() -> String {
+    crate::sorter::events::rfc3339_utc(std::time::SystemTime::now()).replace([':', '.'], "")
+}
+
 /// Encodes `image` as a JPEG (quality 90: artefacts well below what the model
 /// notices) and writes it with [`write_atomic`].
 pub fn write_jpeg(path: &Path, image: &image::RgbImage) -> anyhow::Result<()> {

@@ -515,7 +515,7 @@ pub fn save_adapted(
     let mut meta: Vec<(&str, String)> = start
         .metadata
         .iter()
-        .filter(|(k, _)| k.as_str() != "smartbin.spec" && k.as_str() != crate::model::checkpoint::META_TEMPERATURE)
+        .filter(|(k, _)| k.as_str() != crate::model::checkpoint::META_SPEC && k.as_str() != crate::model::checkpoint::META_TEMPERATURE)
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     meta.push((crate::model::checkpoint::META_TEMPERATURE, format!("{temperature}")));

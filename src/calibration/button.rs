@@ -70,7 +70,8 @@ pub fn mark_last_wrong(events: &Path, frames: &Path, dataset: &Path) -> anyhow::
     let bytes = std::fs::read(&frame).with_context(|| format!("reading {}", frame.display()))?;
     let copy = dataset.join(TO_LABEL).join(format!("event-{id}.jpg"));
     crate::util::write_atomic(&copy, &bytes).with_context(|| format!("writing {}", copy.display()))?;
-    let class = logged_class(events, id);
+    // Not logged yet while the item is still being routed.
+    let class = crate::sorter::events::find_event(events, id).ok().flatten().and_then(|e| e.class);
     let line = serde_json::json!({
         "event": id,
         "time": crate::sorter::events::rfc3339_utc(std::time::SystemTime::now()),
@@ -89,16 +90,6 @@ fn newest_frame(frames: &Path) -> anyhow::Result<Option<u64>> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter_map(|n| n.strip_suffix(".jpg")?.parse().ok())
         .max())
-}
-
-/// The class event `id` was given, if it is logged yet.
-fn logged_class(events: &Path, id: u64) -> Option<String> {
-    let text = std::fs::read_to_string(events).ok()?;
-    text.lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<crate::sorter::Event>(l).ok())
-        .find(|e| e.id == id)
-        .and_then(|e| e.class)
 }
 
 /// Appends one line and syncs it.

@@ -13,7 +13,7 @@ use image::RgbImage;
 
 use super::calibrate::{CameraArgs, Target};
 use crate::calibration::camera::{background, check_light, drift, find_roi, LightReport, Roi};
-use crate::calibration::{edit_config, save_with_backup, table};
+use crate::calibration::{edit_config, table};
 use crate::clock::{Clock, SystemClock};
 use crate::source::{open_uncropped, parse_source_spec, FrameSource, SourceSpec};
 
@@ -151,7 +151,7 @@ fn save(target: Target, reference: &RgbImage, roi: Option<Roi>, args: &CameraArg
     let dir = std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))?;
     // New names each time: until the config is saved, the old config still
     // points at the old pictures, so an interrupted calibration changes nothing.
-    let stamp = crate::sorter::events::rfc3339_utc(std::time::SystemTime::now()).replace([':', '.'], "");
+    let stamp = crate::util::file_stamp();
     let reference_path = dir.join(format!("reference-{stamp}.png"));
     let background_path = dir.join(format!("background-{stamp}.png"));
     let crop = roi.map_or_else(|| reference.clone(), |r| r.crop(reference));
@@ -175,9 +175,11 @@ fn save(target: Target, reference: &RgbImage, roi: Option<Roi>, args: &CameraArg
     })?;
     crate::util::write_atomic(&reference_path, &png(reference)?)?;
     crate::util::write_atomic(&background_path, &png(&crop)?)?;
-    save_with_backup(&target.path, text.as_bytes())?;
+    let old_text = target.text.clone();
+    let mut target = target;
+    target.write(&text)?;
     println!("wrote {} and {}", reference_path.display(), background_path.display());
-    remove_unreferenced(&dir, &[&target.text, &text]);
+    remove_unreferenced(&dir, &[&old_text, &text]);
     println!(
         "saved {} (previous version: {}); `systemctl reload smartbin` applies it",
         target.path.display(),

@@ -17,7 +17,7 @@ use super::calibrate::Target;
 use crate::calibration::adapt::{
     adapt, calibrate_confidence, replay_subset, save_adapted, split_captures, suggest_threshold, AdaptOptions,
 };
-use crate::calibration::{edit_config, save_with_backup, table};
+use crate::calibration::{edit_config, table};
 use crate::calibration::button::append_line;
 use crate::clock::SystemClock;
 use crate::model::checkpoint;
@@ -87,7 +87,7 @@ pub fn main(args: ModelArgs) -> anyhow::Result<ExitCode> {
     let target = Target::load(&args.config)?;
     let config = &target.config;
     let start_path = args.model.clone().unwrap_or_else(|| config.model.path.clone());
-    let start = checkpoint::read(&start_path, &Device::Cpu)?;
+    let (network, start) = checkpoint::load_network(&start_path, &Device::Cpu)?;
     let classes = start.spec.classes.clone();
     let dataset = args.dataset.clone().unwrap_or_else(|| config.calibration.dataset.clone());
     if let Some(per_class) = args.capture {
@@ -114,7 +114,6 @@ pub fn main(args: ModelArgs) -> anyhow::Result<ExitCode> {
         start_path.display()
     );
 
-    let (network, _) = checkpoint::load_network(&start_path, &Device::Cpu)?;
     let options = AdaptOptions {
         holdout: args.holdout,
         views: args.views,
@@ -186,7 +185,7 @@ pub fn main(args: ModelArgs) -> anyhow::Result<ExitCode> {
 
     // A new name each time: the file the current config (and its .bak) names
     // is never written over, so going back is restoring the .bak.
-    let stamp = crate::sorter::events::rfc3339_utc(std::time::SystemTime::now()).replace([':', '.'], "");
+    let stamp = crate::util::file_stamp();
     let default_out = target.path.parent().unwrap_or(Path::new(".")).join(format!("models/adapted-{stamp}.safetensors"));
     let out = std::path::absolute(args.out.clone().unwrap_or(default_out))?;
     if std::path::absolute(&config.model.path).ok().as_ref() == Some(&out) {
@@ -205,7 +204,8 @@ pub fn main(args: ModelArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     })?;
     save_adapted(&out, &network, &start, calibration.temperature, r)?;
-    save_with_backup(&target.path, text.as_bytes())?;
+    let mut target = target;
+    target.write(&text)?;
     println!(
         "saved {}; {} now uses it (previous config: {}); `systemctl reload smartbin` applies it",
         out.display(),
@@ -265,12 +265,12 @@ fn capture(target: &Target, args: &ModelArgs, dataset: &Path, classes: &[String]
     Ok(())
 }
 
-/// Milliseconds since the epoch plus a counter: names that sort in capture order.
+/// The time plus a counter: names that sort in capture order, even two in
+/// one millisecond.
 fn unique_stamp() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNT: AtomicU64 = AtomicU64::new(0);
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    format!("{ms}-{:04}", COUNT.fetch_add(1, Ordering::Relaxed))
+    format!("{}-{:04}", crate::util::file_stamp(), COUNT.fetch_add(1, Ordering::Relaxed))
 }
 
 #[derive(Debug, clap::Args)]
@@ -299,15 +299,14 @@ pub fn correct(args: CorrectArgs) -> anyhow::Result<ExitCode> {
         bail!("give the event id and its class, e.g. `smartbin correct 42 plastic`");
     };
     // The dataset trains the model, so its classes are the model's.
-    let classes = checkpoint::read_metadata(&config.model.path)
-        .ok()
-        .and_then(|m| serde_json::from_str::<crate::model::ModelSpec>(m.get("smartbin.spec")?).ok())
-        .map(|spec| spec.classes)
-        .with_context(|| format!("reading the classes of the model {}", config.model.path.display()))?;
+    let classes = checkpoint::read_spec(&config.model.path)
+        .with_context(|| format!("reading the classes of the model {}", config.model.path.display()))?
+        .classes;
     if !classes.contains(&class) {
         bail!("`{class}` is not a class of this bin's model; classes: {}", classes.join(", "));
     }
-    let event = find_event(&config.log.events, id)?;
+    let event = crate::sorter::events::find_event(&config.log.events, id)?
+        .with_context(|| format!("no event {id} in {}", config.log.events.display()))?;
     let dataset = &config.calibration.dataset;
     let marked = dataset.join(crate::calibration::button::TO_LABEL).join(format!("event-{id}.jpg"));
     // The kept frame, or the copy the wrong-bin button made (kept frames are pruned).
@@ -363,12 +362,4 @@ fn list_pending(dataset: &Path) -> anyhow::Result<ExitCode> {
         println!("{id}\t{}", dir.join(format!("event-{id}.jpg")).display());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn find_event(log: &Path, id: u64) -> anyhow::Result<crate::sorter::Event> {
-    let text = std::fs::read_to_string(log).with_context(|| format!("reading the event log {}", log.display()))?;
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<crate::sorter::Event>(line).ok())
-        .find(|e| e.id == id)
-        .with_context(|| format!("no event {id} in {}", log.display()))
 }

@@ -7,7 +7,7 @@ use candle_core::{safetensors::Load, DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-const META_SPEC: &str = "smartbin.spec";
+pub const META_SPEC: &str = "smartbin.spec";
 /// Softmax temperature fitted by `smartbin calibrate model`; 1 when absent.
 pub const META_TEMPERATURE: &str = "smartbin.temperature";
 /// Tensors under this prefix are optimiser state, not model weights.
@@ -93,6 +93,14 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointE
     file.read_exact(&mut header).map_err(|e| corrupt(e.to_string()))?;
     let json: serde_json::Value = serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))?;
     Ok(serde_json::from_value(json["__metadata__"].clone()).unwrap_or_default())
+}
+
+/// The spec in a model file's header (without reading its tensors).
+pub fn read_spec(path: &Path) -> Result<ModelSpec, CheckpointError> {
+    let metadata = read_metadata(path)?;
+    let not_ours = |reason: String| CheckpointError::NotSmartbin { path: path.into(), reason };
+    let json = metadata.get(META_SPEC).ok_or_else(|| not_ours("metadata key missing".into()))?;
+    serde_json::from_str(json).map_err(|e| not_ours(format!("bad spec: {e}")))
 }
 
 /// Reads and validates a model file's structure (not yet its fit to a network).

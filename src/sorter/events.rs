@@ -118,6 +118,13 @@ impl EventLog {
     }
 }
 
+/// The event with `id` in the log at `path`, if there is one. Reads the whole
+/// log: for the occasional lookup (`smartbin correct`, the wrong-bin button).
+pub fn find_event(path: &Path, id: u64) -> anyhow::Result<Option<Event>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading the event log {}", path.display()))?;
+    Ok(text.lines().rev().filter_map(|line| serde_json::from_str::<Event>(line).ok()).find(|e| e.id == id))
+}
+
 /// Largest `id` in the log, looking at the end first.
 fn last_id(file: &mut File) -> std::io::Result<Option<u64>> {
     let len = file.metadata()?.len();
