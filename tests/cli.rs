@@ -55,3 +55,38 @@ fn a_missing_camera_names_the_device_and_what_to_check() {
         assert!(err.contains("`camera` feature"), "{err}");
     }
 }
+
+/// The shipped model quantized to each block format is read by predict and bench,
+/// and gives the same top class as the original on a photo-like image.
+#[test]
+fn quantized_models_are_written_and_read_by_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("item.png");
+    image::RgbImage::from_fn(160, 120, |x, y| image::Rgb([(x * 3 % 256) as u8, 90 + (y % 60) as u8, 140]))
+        .save(&photo)
+        .unwrap();
+    let predict = |model: &std::path::Path| {
+        let out = common::smartbin().arg("predict").arg("--json").arg("--model").arg(model).arg(&photo).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(smartbin::model::DEFAULT_MODEL_PATH);
+    let original = predict(&shipped);
+    for dtype in ["q8_0", "q4k"] {
+        let out_path = dir.path().join(format!("{dtype}.safetensors"));
+        let out = common::smartbin()
+            .args(["quantize", "--dtype", dtype, "--model"]).arg(&shipped).arg("--out").arg(&out_path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got = predict(&out_path);
+        assert_eq!(got["class"], original["class"], "{dtype}: {got} vs {original}");
+        let bench = common::smartbin().args(["bench", "--iters", "2", "--json", "--model"]).arg(&out_path).output().unwrap();
+        assert!(bench.status.success(), "{}", String::from_utf8_lossy(&bench.stderr));
+    }
+    let twice = common::smartbin()
+        .args(["quantize", "--dtype", "q4k", "--model"]).arg(dir.path().join("q8_0.safetensors")).arg("--out").arg(dir.path().join("x.safetensors"))
+        .output()
+        .unwrap();
+    assert!(!twice.status.success() && String::from_utf8_lossy(&twice.stderr).contains("already quantized"));
+}

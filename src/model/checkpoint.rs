@@ -2,10 +2,14 @@
 //! [`ModelSpec`] (architecture, attention, class names, input size) and, for training
 //! checkpoints, the optimiser state and progress.
 
-use super::{params::LoadMismatch, ModelSpec, Network};
+use super::params::{LoadMismatch, ParamStore};
+use super::quant::{self, QuantInfo, QuantType, META_QUANTIZED};
+use super::{ModelSpec, Network};
+use candle_core::quantized::QTensor;
 use candle_core::{safetensors::Load, DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const META_SPEC: &str = "smartbin.spec";
 /// Softmax temperature fitted by `smartbin calibrate model`; 1 when absent.
@@ -32,6 +36,8 @@ pub enum CheckpointError {
 pub struct Checkpoint {
     pub spec: ModelSpec,
     pub weights: BTreeMap<String, Tensor>,
+    /// Conv weights stored quantized (`smartbin quantize --dtype q8_0|q4k`).
+    pub quantized: BTreeMap<String, Arc<QTensor>>,
     pub optim: BTreeMap<String, Tensor>,
     pub metadata: HashMap<String, String>,
 }
@@ -49,22 +55,54 @@ pub fn save(
         network.store.params().into_iter().map(|(name, p)| (name, p.var.as_tensor().clone())).collect();
     let mut meta = HashMap::from([(META_SPEC.to_string(), serde_json::to_string(&network.spec)?)]);
     meta.extend(extra_meta.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    write(path, &weights, dtype, optim, meta)
+    write(path, &weights, &network.store.quantized(), dtype, optim, meta)
 }
 
 /// Rewrites a model file's weights in `dtype`, dropping optimiser state (a smaller file
-/// for the bin). Metadata, class names included, is kept.
+/// for the bin). Metadata, class names included, is kept, and so are weights that are
+/// already quantized.
 pub fn convert(input: &Path, output: &Path, dtype: DType) -> anyhow::Result<()> {
     let ckpt = read(input, &Device::Cpu)?;
-    write(output, &ckpt.weights, dtype, &BTreeMap::new(), ckpt.metadata)
+    write(output, &ckpt.weights, &ckpt.quantized, dtype, &BTreeMap::new(), ckpt.metadata)
+}
+
+/// Rewrites a model file with its conv weights quantized to `dtype` (the rest f16),
+/// dropping optimiser state. `calibration` photos, if any, measure each conv's input
+/// so that 4-bit rounding favours the channels that matter. Quantizing a quantized
+/// file is refused: the error would compound.
+pub fn quantize(input: &Path, output: &Path, dtype: QuantType, calibration: &[image::RgbImage]) -> anyhow::Result<()> {
+    let (original, ckpt) = load_network(input, &Device::Cpu)?;
+    if let Some(name) = ckpt.quantized.keys().next() {
+        anyhow::bail!("{} is already quantized (`{name}`, ...): quantize its f32 or f16 original", input.display());
+    }
+    let importance = input_importance(&original, calibration)?;
+    let (plain, quantized) = quant::quantize_weights(&ckpt.weights, dtype, &importance)?;
+    // Loading it back proves every quantized tensor found its layer.
+    let network = Network::with_store(ckpt.spec.clone(), ParamStore::with_quantized(&Device::Cpu, 0, quantized.clone()))?;
+    fit(&network, &plain).map_err(|source| CheckpointError::Mismatch { path: input.into(), source })?;
+    // The rest (batch-norm, depthwise, head) in f16: a rounding far below the blocks'.
+    write(output, &plain, &quantized, DType::F16, &BTreeMap::new(), ckpt.metadata)
+}
+
+/// Per-channel mean squares of every conv input over `photos` (none: empty).
+fn input_importance(network: &Network, photos: &[image::RgbImage]) -> candle_core::Result<quant::Importance> {
+    let size = network.spec.image_size;
+    quant::record_inputs(|| {
+        for batch in photos.chunks(8) {
+            let inputs: Vec<Vec<f32>> = batch.iter().map(|p| crate::preprocess::eval_transform(p, size)).collect();
+            network.forward_t(&crate::preprocess::to_tensor(&inputs, size, network.device())?, false)?;
+        }
+        Ok(())
+    })
 }
 
 fn write(
     path: &Path,
     weights: &BTreeMap<String, Tensor>,
+    quantized: &BTreeMap<String, Arc<QTensor>>,
     dtype: DType,
     optim: &BTreeMap<String, Tensor>,
-    meta: HashMap<String, String>,
+    mut meta: HashMap<String, String>,
 ) -> anyhow::Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (name, t) in weights {
@@ -72,6 +110,17 @@ fn write(
     }
     for (name, t) in optim {
         tensors.push((format!("{OPTIM_PREFIX}{name}"), t.to_device(&Device::Cpu)?));
+    }
+    let mut infos = BTreeMap::new();
+    for (name, t) in quantized {
+        let bytes = t.data()?.into_owned();
+        let len = bytes.len();
+        tensors.push((name.clone(), Tensor::from_vec(bytes, len, &Device::Cpu)?));
+        infos.insert(name.clone(), quant::info(t)?);
+    }
+    meta.remove(META_QUANTIZED);
+    if !infos.is_empty() {
+        meta.insert(META_QUANTIZED.to_string(), serde_json::to_string(&infos)?);
     }
     let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))?;
     crate::util::write_atomic(path, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
@@ -116,24 +165,48 @@ pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
     if spec.classes.is_empty() || !(16..=2048).contains(&spec.image_size) {
         return Err(not_ours(format!("implausible spec: {} classes, image size {}", spec.classes.len(), spec.image_size)));
     }
-    let (mut weights, mut optim) = (BTreeMap::new(), BTreeMap::new());
+    let infos: BTreeMap<String, QuantInfo> = match metadata.get(META_QUANTIZED) {
+        Some(json) => serde_json::from_str(json).map_err(|e| corrupt(format!("bad `{META_QUANTIZED}` entry: {e}")))?,
+        None => BTreeMap::new(),
+    };
+    let (mut weights, mut optim, mut quantized) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for (name, view) in st.tensors() {
+        if let Some(info) = infos.get(&name) {
+            let t = quant::from_bytes(view.data(), info, device).map_err(|e| corrupt(format!("quantized tensor `{name}`: {e}")))?;
+            quantized.insert(name, Arc::new(t));
+            continue;
+        }
         let t = view.load(device).map_err(|e| corrupt(format!("tensor `{name}`: {e}")))?;
         match name.strip_prefix(OPTIM_PREFIX) {
             Some(rest) => optim.insert(rest.to_string(), t.to_dtype(DType::F32).map_err(|e| corrupt(e.to_string()))?),
             None => weights.insert(name, t),
         };
     }
-    Ok(Checkpoint { spec, weights, optim, metadata })
+    if let Some(name) = infos.keys().find(|n| !quantized.contains_key(*n)) {
+        return Err(corrupt(format!("quantized tensor `{name}` is listed but missing")));
+    }
+    Ok(Checkpoint { spec, weights, quantized, optim, metadata })
 }
 
 /// Builds the network a file describes and loads its weights.
 pub fn load_network(path: &Path, device: &Device) -> Result<(Network, Checkpoint), CheckpointError> {
     let ckpt = read(path, device)?;
-    let network = Network::new(ckpt.spec.clone(), device, 0)
-        .map_err(|e| CheckpointError::Corrupt { path: path.into(), reason: e.to_string() })?;
-    network.store.load(&ckpt.weights).map_err(|source| CheckpointError::Mismatch { path: path.into(), source })?;
+    let store = ParamStore::with_quantized(device, 0, ckpt.quantized.clone());
+    let network = Network::with_store(ckpt.spec.clone(), store).map_err(|e| match ckpt.quantized.is_empty() {
+        true => CheckpointError::Corrupt { path: path.into(), reason: e.to_string() },
+        false => CheckpointError::Mismatch { path: path.into(), source: LoadMismatch::Quantized(e.to_string()) },
+    })?;
+    fit(&network, &ckpt.weights).map_err(|source| CheckpointError::Mismatch { path: path.into(), source })?;
     Ok((network, ckpt))
+}
+
+/// Loads `weights` into `network`; every quantized weight must have found its layer.
+fn fit(network: &Network, weights: &BTreeMap<String, Tensor>) -> Result<(), LoadMismatch> {
+    network.store.load(weights)?;
+    match network.store.unused_quantized() {
+        Some(name) => Err(LoadMismatch::Unexpected(name)),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +258,106 @@ mod tests {
         let b = loaded.forward_t(&x, false).unwrap();
         let diff: f32 = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
         assert!(diff < 1e-2, "f16 logits differ by {diff}");
+    }
+
+    fn logits(net: &Network, x: &Tensor) -> Tensor {
+        net.forward_t(x, false).unwrap()
+    }
+
+    fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+        let rms = |t: &Tensor| -> f32 { t.sqr().unwrap().mean_all().unwrap().sqrt().unwrap().to_scalar().unwrap() };
+        rms(&(a - b).unwrap()) / rms(b)
+    }
+
+    /// On trained weights (the shipped default model) with a photo-like input: a
+    /// random network's logits say little about quantization error.
+    #[test]
+    fn quantized_shipped_model_keeps_logits_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join(crate::model::DEFAULT_MODEL_PATH);
+        let (net, _) = load_network(&shipped, &Device::Cpu).unwrap();
+        let photo = image::RgbImage::from_fn(128, 96, |x, y| image::Rgb([(x * 2) as u8, (y * 2) as u8, ((x + y) % 200) as u8]));
+        let size = net.spec.image_size;
+        let x = crate::preprocess::to_tensor(&[crate::preprocess::eval_transform(&photo, size)], size, &Device::Cpu).unwrap();
+        for (dtype, bound) in [(QuantType::Q8_0, 0.02), (QuantType::Q4K, 0.08)] {
+            let path = dir.path().join(format!("{dtype}.safetensors"));
+            quantize(&shipped, &path, dtype, &[photo.clone()]).unwrap();
+            let (loaded, _) = load_network(&path, &Device::Cpu).unwrap();
+            let err = relative_error(&logits(&loaded, &x), &logits(&net, &x));
+            assert!(err < bound, "{dtype}: logits off by {err} relative");
+        }
+    }
+
+    #[test]
+    fn quantized_files_are_smaller_and_keep_metadata_and_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = dir.path().join("f32.safetensors");
+        let net = tiny(6);
+        save(&full, &net, DType::F32, &BTreeMap::new(), &[("smartbin.temperature", "1.3".into())]).unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &Device::Cpu).unwrap();
+        for (dtype, size) in [(QuantType::Q8_0, 0.30), (QuantType::Q4K, 0.20)] {
+            let path = dir.path().join(format!("{dtype}.safetensors"));
+            quantize(&full, &path, dtype, &[]).unwrap();
+            let ratio = std::fs::metadata(&path).unwrap().len() as f64 / std::fs::metadata(&full).unwrap().len() as f64;
+            assert!(ratio < size, "{dtype}: file is {ratio:.2} of f32");
+            let (loaded, ckpt) = load_network(&path, &Device::Cpu).unwrap();
+            assert_eq!(ckpt.metadata["smartbin.temperature"], "1.3");
+            assert_eq!(loaded.quantization(), Some(dtype));
+            assert!(!loaded.store.params().contains_key("layer4.1.conv2.weight"), "{dtype}: conv weight left in f32");
+            // Saving a quantized network (an adapted head) keeps its blocks bit for bit.
+            let again = dir.path().join(format!("{dtype}-again.safetensors"));
+            save(&again, &loaded, DType::F32, &BTreeMap::new(), &[]).unwrap();
+            let (reloaded, _) = load_network(&again, &Device::Cpu).unwrap();
+            assert_eq!(relative_error(&logits(&reloaded, &x), &logits(&loaded, &x)), 0.0);
+            let twice = quantize(&path, &dir.path().join("twice.safetensors"), dtype, &[]).unwrap_err();
+            assert!(twice.to_string().contains("already quantized"), "{twice}");
+        }
+    }
+
+    #[test]
+    fn broken_quantized_files_are_refused_with_the_tensor_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (full, q8) = (dir.path().join("f32.safetensors"), dir.path().join("q8.safetensors"));
+        save(&full, &tiny(3), DType::F32, &BTreeMap::new(), &[]).unwrap();
+        quantize(&full, &q8, QuantType::Q8_0, &[]).unwrap();
+        let ckpt = read(&q8, &Device::Cpu).unwrap();
+
+        // Blocks cut short, under the header that still promises them.
+        let mut quantized = ckpt.quantized.clone();
+        let name = "layer2.0.conv1.weight";
+        let info = quant::info(&quantized[name]).unwrap();
+        let cut = dir.path().join("cut.safetensors");
+        let mut tensors: Vec<(String, Tensor)> = ckpt.weights.iter().map(|(n, t)| (n.clone(), t.clone())).collect();
+        for (n, t) in &quantized {
+            let mut bytes = t.data().unwrap().into_owned();
+            if n == name {
+                bytes.truncate(bytes.len() - 34);
+            }
+            let len = bytes.len();
+            tensors.push((n.clone(), Tensor::from_vec(bytes, len, &Device::Cpu).unwrap()));
+        }
+        let infos: BTreeMap<String, QuantInfo> = quantized.iter().map(|(n, t)| (n.clone(), quant::info(t).unwrap())).collect();
+        let mut meta = ckpt.metadata.clone();
+        meta.insert(META_QUANTIZED.into(), serde_json::to_string(&infos).unwrap());
+        std::fs::write(&cut, safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta)).unwrap()).unwrap();
+        let err = read(&cut, &Device::Cpu).unwrap_err();
+        assert!(matches!(err, CheckpointError::Corrupt { .. }) && err.to_string().contains(name), "{err}");
+        assert_eq!(info.rows, 128);
+
+        // A quantized weight no layer of this architecture has.
+        quantized.insert("layer9.0.conv1.weight".into(), quantized[name].clone());
+        let foreign = dir.path().join("foreign.safetensors");
+        write(&foreign, &ckpt.weights, &quantized, DType::F32, &BTreeMap::new(), ckpt.metadata.clone()).unwrap();
+        let err = load_network(&foreign, &Device::Cpu).unwrap_err();
+        assert!(matches!(err, CheckpointError::Mismatch { .. }) && err.to_string().contains("layer9.0.conv1.weight"), "{err}");
+
+        // Blocks of the wrong layer: shapes are checked, and named.
+        let mut swapped = ckpt.quantized.clone();
+        swapped.insert("layer1.0.conv1.weight".into(), ckpt.quantized["layer4.0.conv2.weight"].clone());
+        let wrong = dir.path().join("wrong.safetensors");
+        write(&wrong, &ckpt.weights, &swapped, DType::F32, &BTreeMap::new(), ckpt.metadata).unwrap();
+        let err = load_network(&wrong, &Device::Cpu).unwrap_err();
+        assert!(matches!(err, CheckpointError::Mismatch { .. }) && err.to_string().contains("layer1.0.conv1.weight"), "{err}");
     }
 
     #[test]

@@ -3,38 +3,64 @@
 use super::batchnorm_op::{Act, ChannelAffine};
 use super::ops;
 use super::params::{Init, Scope};
+use super::quant::QuantConv;
 use candle_core::{Result, Tensor, Var, D};
 
 /// 2-D convolution, groups = 1. CPU uses im2col + GEMM (see [`ops`]); other devices use
-/// Candle's native kernels.
+/// Candle's native kernels. A weight quantized in the model file runs through
+/// [`QuantConv`] instead.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    weight: Tensor,
+    /// The weight's key in model files.
+    name: String,
+    weight: ConvWeight,
     bias: Option<Tensor>,
+    k: usize,
     stride: usize,
     pad: usize,
 }
 
+#[derive(Debug, Clone)]
+enum ConvWeight {
+    Float(Tensor),
+    Quantized(QuantConv),
+}
+
 impl Conv2d {
     pub fn new(s: &Scope, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Result<Self> {
-        let weight = s.param((c_out, c_in, k, k), "weight", Init::KaimingFanOut { fan_out: c_out * k * k })?;
+        let weight = match s.quantized("weight") {
+            Some(q) => ConvWeight::Quantized(
+                QuantConv::new(q, c_in, c_out, k).map_err(|e| candle_core::Error::Msg(format!("`{}`: {e}", s.full("weight"))))?,
+            ),
+            None => ConvWeight::Float(s.param((c_out, c_in, k, k), "weight", Init::KaimingFanOut { fan_out: c_out * k * k })?),
+        };
         let bias = bias.then(|| s.param(c_out, "bias", Init::UniformFanIn { fan_in: c_in * k * k })).transpose()?;
-        Ok(Self { weight, bias, stride, pad })
+        Ok(Self { name: s.full("weight"), weight, bias, k, stride, pad })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (c_out, c_in, k, _) = self.weight.dims4()?;
-        let same_size = self.stride == 1 && 2 * self.pad + 1 == k;
-        let y = if x.device().is_cpu() && same_size && c_out * k * k < c_in {
-            ops::conv2d_few_outputs(x, &self.weight, self.pad)?
-        } else if x.device().is_cpu() {
-            ops::conv2d_im2col(x, &self.weight, self.stride, self.pad)?
-        } else {
-            x.conv2d(&self.weight, self.pad, self.stride, 1, 1)?
+        let y = match &self.weight {
+            ConvWeight::Float(weight) => {
+                super::quant::record_input(&self.name, x)?;
+                self.forward_f32(x, weight)?
+            }
+            ConvWeight::Quantized(conv) => conv.forward(x, self.k, self.stride, self.pad)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
+        }
+    }
+
+    fn forward_f32(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let (c_out, c_in, k, _) = weight.dims4()?;
+        let same_size = self.stride == 1 && 2 * self.pad + 1 == k;
+        if x.device().is_cpu() && same_size && c_out * k * k < c_in {
+            ops::conv2d_few_outputs(x, weight, self.pad)
+        } else if x.device().is_cpu() {
+            ops::conv2d_im2col(x, weight, self.stride, self.pad)
+        } else {
+            x.conv2d(weight, self.pad, self.stride, 1, 1)
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod import;
 pub mod layers;
 pub mod ops;
 pub mod params;
+pub mod quant;
 pub mod resnet;
 
 pub use attention::{AttentionKind, GateMix};
@@ -66,7 +67,11 @@ pub struct Network {
 impl Network {
     /// A freshly initialised network; `seed` fixes the initial weights.
     pub fn new(spec: ModelSpec, device: &Device, seed: u64) -> candle_core::Result<Self> {
-        let store = ParamStore::new(device, seed);
+        Self::with_store(spec, ParamStore::new(device, seed))
+    }
+
+    /// A network whose layers take any quantized weights `store` holds.
+    pub fn with_store(spec: ModelSpec, store: ParamStore) -> candle_core::Result<Self> {
         let (root, classes) = (store.root(), spec.classes.len());
         let backbone = match spec.arch {
             Arch::EfficientnetLite0 => {
@@ -124,6 +129,12 @@ impl Network {
 
     pub fn device(&self) -> &Device {
         self.store.device()
+    }
+
+    /// The block format of its quantized layers, if any (mixed files report the
+    /// lowest-precision one).
+    pub fn quantization(&self) -> Option<quant::QuantType> {
+        self.store.quantized().values().filter_map(|t| quant::info(t).ok()).map(|i| i.dtype).max()
     }
 }
 

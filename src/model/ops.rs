@@ -35,7 +35,7 @@ impl Window {
     }
     /// Input coordinate seen by output coordinate `o` at kernel offset `k`, if inside.
     #[inline]
-    fn src(&self, o: usize, k: usize, size: usize) -> Option<usize> {
+    pub(crate) fn src(&self, o: usize, k: usize, size: usize) -> Option<usize> {
         let i = (o * self.stride + k) as isize - self.pad as isize;
         (i >= 0 && (i as usize) < size).then_some(i as usize)
     }

@@ -3,6 +3,7 @@
 //! Every tensor a model owns lives here, trainable or not (batch-norm running
 //! statistics are buffers), so checkpoints are just this map plus metadata.
 
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -29,6 +30,8 @@ pub struct Param {
 struct Inner {
     params: BTreeMap<String, Param>,
     rng: StdRng,
+    /// Quantized conv weights from the file, and whether a layer has taken each.
+    quantized: BTreeMap<String, (Arc<QTensor>, bool)>,
 }
 
 /// Shared store; clones point at the same parameters.
@@ -42,8 +45,27 @@ impl ParamStore {
     /// A store whose fresh parameters are drawn from `seed` in creation order, so the
     /// same architecture and seed always start from the same weights.
     pub fn new(device: &Device, seed: u64) -> Self {
-        let inner = Inner { params: BTreeMap::new(), rng: StdRng::seed_from_u64(seed) };
+        Self::with_quantized(device, seed, BTreeMap::new())
+    }
+
+    /// A store whose layers take these weights, already quantized, instead of
+    /// creating f32 ones (see [`Scope::quantized`]).
+    pub fn with_quantized(device: &Device, seed: u64, quantized: BTreeMap<String, Arc<QTensor>>) -> Self {
+        let quantized = quantized.into_iter().map(|(name, t)| (name, (t, false))).collect();
+        let inner = Inner { params: BTreeMap::new(), rng: StdRng::seed_from_u64(seed), quantized };
         Self { inner: Arc::new(Mutex::new(inner)), device: device.clone() }
+    }
+
+    /// The quantized weights, by name.
+    pub fn quantized(&self) -> BTreeMap<String, Arc<QTensor>> {
+        let inner = self.inner.lock().expect("parameter store poisoned");
+        inner.quantized.iter().map(|(name, (t, _))| (name.clone(), t.clone())).collect()
+    }
+
+    /// Quantized weights no layer took: the file was written for another architecture.
+    pub fn unused_quantized(&self) -> Option<String> {
+        let inner = self.inner.lock().expect("parameter store poisoned");
+        inner.quantized.iter().find(|(_, (_, used))| !used).map(|(name, _)| name.clone())
     }
 
     pub fn device(&self) -> &Device {
@@ -138,6 +160,9 @@ pub enum LoadMismatch {
     Shape { key: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("tensor `{0}`: {1}")]
     Tensor(String, String),
+    /// A quantized weight that does not fit its layer (the message names it).
+    #[error("{0}")]
+    Quantized(String),
 }
 
 /// Batch-norm statistics are state, not weights: never trained, never decayed.
@@ -158,12 +183,22 @@ impl Scope {
         Scope { store: self.store.clone(), prefix }
     }
 
-    fn full(&self, name: &str) -> String {
+    /// `name` with this scope's prefix: the key it has in model files.
+    pub fn full(&self, name: &str) -> String {
         if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
     }
 
     pub fn param(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
         self.store.create(self.full(name), shape.into(), init, true)
+    }
+
+    /// The quantized weight stored under `name`, if the file had one; the layer then
+    /// runs quantized and has no f32 parameter of that name.
+    pub fn quantized(&self, name: &str) -> Option<Arc<QTensor>> {
+        let mut inner = self.store.inner.lock().expect("parameter store poisoned");
+        let (t, used) = inner.quantized.get_mut(&self.full(name))?;
+        *used = true;
+        Some(t.clone())
     }
 
     pub fn buffer(&self, shape: impl Into<Shape>, name: &str, value: f32) -> Result<Tensor> {

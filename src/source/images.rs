@@ -129,7 +129,7 @@ impl FrameSource for ImageDirSource {
     }
 }
 
-fn is_image_name(name: &str) -> bool {
+pub fn is_image_name(name: &str) -> bool {
     if name.starts_with('.') {
         return false;
     }

@@ -23,7 +23,7 @@ pub mod tray;
 pub mod trigger;
 
 pub use camera::{list_devices, open_camera, CameraConfig, CameraSelector};
-pub use images::{ImageDirSource, ReplayOptions};
+pub use images::{is_image_name, ImageDirSource, ReplayOptions};
 pub use reconnect::{Backoff, ReconnectingSource};
 
 /// One captured picture.

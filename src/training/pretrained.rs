@@ -26,6 +26,7 @@ pub struct LoadReport {
 /// Copies every tensor of `path` whose name matches a parameter of `network`. Shape
 /// mismatches are refused, except for the `fc` head when the class count differs.
 pub fn load_pretrained(network: &Network, path: &Path) -> anyhow::Result<LoadReport> {
+    refuse_quantized(path)?;
     let tensors = read_weights(path).with_context(|| format!("cannot import weights from {}", path.display()))?;
     let params = network.store.params();
     let mut report = LoadReport::default();
@@ -52,6 +53,16 @@ pub fn load_pretrained(network: &Network, path: &Path) -> anyhow::Result<LoadRep
         bail!("{}: no tensor name matches this architecture (expected torchvision names like conv1.weight)", path.display());
     }
     Ok(report)
+}
+
+/// Quantized blocks would import as byte vectors; say what to do instead.
+fn refuse_quantized(path: &Path) -> anyhow::Result<()> {
+    let quantized = crate::model::checkpoint::read_metadata(path)
+        .is_ok_and(|meta| meta.contains_key(crate::model::quant::META_QUANTIZED));
+    if quantized {
+        bail!("{} is a quantized model: train from its f32 or f16 original (quantize after training)", path.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -129,6 +129,9 @@ impl Trainer {
         let mut optim = Default::default();
         if let Some(path) = resume {
             let (loaded, ckpt) = checkpoint::load_network(path, device)?;
+            if let Some(q) = loaded.quantization() {
+                bail!("{} is a {q} quantized model and cannot be trained: resume from the run's checkpoint.safetensors", path.display());
+            }
             if loaded.spec != network.spec {
                 bail!("{} holds a {:?} model, this run is {:?}", path.display(), loaded.spec, network.spec);
             }
