@@ -5,7 +5,8 @@ use crate::actuation::sim_actuator;
 use crate::clock::{Clock, SimClock, SystemClock};
 use crate::config::Config;
 use crate::decision::DecisionPolicy;
-use crate::model::{checkpoint, parse_device, Classifier, ModelClassifier};
+use crate::model::{checkpoint, parse_device, Classifier, ModelClassifier, Network};
+use crate::training::sgd::Sgd;
 use crate::sorter::{EventLog, Sorter};
 use crate::source::{ImageDirSource, ReplayOptions, ReplayTrigger};
 use candle_core::Tensor;
@@ -32,6 +33,17 @@ pub struct BenchArgs {
     /// per photo in this folder (all of them, whatever --iters says).
     #[arg(long)]
     pub photos: Option<PathBuf>,
+    /// Input side in pixels (default: the size the model was trained at).
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Time training steps (forward, backward, SGD update; batch-norm in train mode)
+    /// instead of inference.
+    #[arg(long)]
+    pub train: bool,
+    /// Also write the input batch and its logits here (safetensors `input`, `logits`):
+    /// bench/compare.py checks other frameworks against them.
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -58,7 +70,11 @@ struct Report {
     image_size: u32,
     batch: usize,
     threads: usize,
-    /// Network forward pass on a prepared batch.
+    /// `"q8_0"`/`"q4k"` for quantized models.
+    quantized: Option<String>,
+    /// `"inference"` (forward pass) or `"train"` (forward, backward, SGD step).
+    mode: &'static str,
+    /// One forward pass (or training step) on a prepared batch.
     forward: Latency,
     images_per_s: f64,
     /// Peak resident memory of the process (VmHWM), MiB.
@@ -76,21 +92,16 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let device = parse_device(&args.device)?;
     let (network, _) = checkpoint::load_network(&args.model, &device)?;
-    let size = network.spec.image_size as usize;
-    let x = Tensor::randn(0f32, 1.0, (args.batch.max(1), 3, size, size), &device)?;
-    for _ in 0..3 {
-        network.forward_t(&x, false)?.to_device(&candle_core::Device::Cpu)?;
+    let size = args.image_size.unwrap_or(network.spec.image_size as usize);
+    let batch = args.batch.max(1);
+    let x = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?;
+    if let Some(path) = &args.dump {
+        dump(path, &x, &network.forward_t(&x, false)?)?;
     }
-    let mut ms = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters.max(1) {
-        let t = Instant::now();
-        network.forward_t(&x, false)?.to_device(&candle_core::Device::Cpu)?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    let forward = Latency::of(ms);
-    let images_per_s = args.batch.max(1) as f64 / (forward.median_ms / 1e3);
+    let forward = if args.train { time_training(&network, &x, args.iters)? } else { time_inference(&network, &x, args.iters)? };
+    let images_per_s = batch as f64 / (forward.median_ms / 1e3);
     let arch = network.spec.arch.to_string();
-    let image_size = network.spec.image_size;
+    let quantized = network.quantization().map(|q| q.to_string());
     let whole = match &args.photos {
         Some(dir) => {
             // One log line per servo move would drown the numbers.
@@ -105,9 +116,11 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let report = Report {
         model: args.model.clone(),
         arch,
-        image_size,
-        batch: args.batch.max(1),
+        image_size: size as u32,
+        batch,
         threads: rayon::current_num_threads(),
+        quantized,
+        mode: if args.train { "train" } else { "inference" },
         forward,
         images_per_s,
         peak_rss_mib: peak_rss_mib(),
@@ -120,6 +133,52 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         print_report(&report);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn time_inference(network: &Network, x: &Tensor, iters: usize) -> anyhow::Result<Latency> {
+    let run = || -> anyhow::Result<()> {
+        network.forward_t(x, false)?.to_device(&candle_core::Device::Cpu)?;
+        Ok(())
+    };
+    time(run, iters)
+}
+
+/// Steps of plain SGD on random labels: the same work as a training step of `train`.
+fn time_training(network: &Network, x: &Tensor, iters: usize) -> anyhow::Result<Latency> {
+    if let Some(q) = network.quantization() {
+        anyhow::bail!("a {q} quantized model cannot be trained: bench --train an f32 or f16 file");
+    }
+    let classes = network.spec.classes.len() as u32;
+    let labels: Vec<u32> = (0..x.dim(0)? as u32).map(|i| i % classes).collect();
+    let y = Tensor::new(labels, x.device())?;
+    let mut sgd = Sgd::new(network.store.trainable(), 0.9, 1e-4);
+    let mut step = || -> anyhow::Result<()> {
+        let loss = candle_nn::loss::cross_entropy(&network.forward_t(x, true)?, &y)?;
+        sgd.step(&loss.backward()?, 1e-4)?;
+        Ok(())
+    };
+    time(&mut step, iters)
+}
+
+/// Three warm-up runs, then `iters` timed ones.
+fn time(mut run: impl FnMut() -> anyhow::Result<()>, iters: usize) -> anyhow::Result<Latency> {
+    for _ in 0..3 {
+        run()?;
+    }
+    let mut ms = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        run()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(Latency::of(ms))
+}
+
+fn dump(path: &std::path::Path, input: &Tensor, logits: &Tensor) -> anyhow::Result<()> {
+    let cpu = |t: &Tensor| t.to_device(&candle_core::Device::Cpu);
+    let tensors = [("input", cpu(input)?), ("logits", cpu(logits)?)];
+    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (*n, t)), None)?;
+    crate::util::write_atomic(path, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
 /// Runs the real sorter over `dir` with simulated servos on virtual time and a
@@ -161,9 +220,11 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn print_report(r: &Report) {
-    println!("{} ({}, {}x{}), batch {}, {} threads", r.model.display(), r.arch, r.image_size, r.image_size, r.batch, r.threads);
+    let weights = r.quantized.as_deref().unwrap_or("f32");
+    println!("{} ({}, {}x{}, {weights}), batch {}, {} threads", r.model.display(), r.arch, r.image_size, r.image_size, r.batch, r.threads);
     println!(
-        "forward: median {:.1} ms, p90 {:.1} ms, p99 {:.1} ms; {:.1} images/s",
+        "{}: median {:.1} ms, p90 {:.1} ms, p99 {:.1} ms; {:.1} images/s",
+        if r.mode == "train" { "training step" } else { "forward" },
         r.forward.median_ms, r.forward.p90_ms, r.forward.p99_ms, r.images_per_s
     );
     if let Some(l) = &r.whole_loop {

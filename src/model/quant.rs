@@ -140,9 +140,11 @@ fn quantize_conv_weight(w: &Tensor, dtype: QuantType, k_pad: usize, channel_weig
 /// Mean square of each conv's input, per input channel, by weight name.
 pub type Importance = BTreeMap<String, Vec<f32>>;
 
+/// Per conv: per-channel sums of squares and the number of values summed.
+type Sums = BTreeMap<String, (Vec<f64>, usize)>;
+
 thread_local! {
-    /// Per conv: per-channel sums of squares and the number of values summed.
-    static RECORDING: std::cell::RefCell<Option<BTreeMap<String, (Vec<f64>, usize)>>> = const { std::cell::RefCell::new(None) };
+    static RECORDING: std::cell::RefCell<Option<Sums>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `forward` (f32 passes over calibration images) and returns the mean square
@@ -184,7 +186,7 @@ pub fn info(t: &QTensor) -> Result<QuantInfo> {
 /// (Candle's loader would panic on a short or misaligned buffer).
 pub fn from_bytes(bytes: &[u8], info: &QuantInfo, device: &Device) -> std::result::Result<QTensor, String> {
     let ggml = info.dtype.ggml();
-    if info.rows == 0 || info.cols % ggml.block_size() != 0 {
+    if info.rows == 0 || !info.cols.is_multiple_of(ggml.block_size()) {
         return Err(format!("{} × {} is not a whole number of {} blocks", info.rows, info.cols, info.dtype));
     }
     let expected = info.rows * info.cols / ggml.block_size() * ggml.type_size();
@@ -220,6 +222,11 @@ impl QuantConv {
         if rows != c_out || cols < reduction || cols >= reduction + 256 {
             candle_core::bail!("quantized weight is {rows} × {cols}, the layer needs {c_out} × {reduction} (padded)");
         }
+        if weight.device().is_cpu() && !int8_kernels_run_here() {
+            // Expanded once at load: f32 speed and memory, the file stays small.
+            let matmul = QMatMul::Tensor(weight.dequantize(&weight.device())?);
+            return Ok(Self { matmul, c_out, k_pad: cols });
+        }
         let weight = match fast_reduction(weight.dtype(), cols) {
             Some(wider) if weight.device().is_cpu() => Arc::new(pad_q8_0_rows(&weight, wider)?),
             _ => weight,
@@ -243,6 +250,25 @@ impl QuantConv {
         let y = self.matmul.forward(&rows)?; // (N·OH·OW, O)
         y.reshape((n, oh, ow, self.c_out))?.permute((0, 3, 1, 2))?.contiguous()
     }
+}
+
+/// Candle 0.11's NEON int8 kernels issue SDOT unconditionally, which a CPU without
+/// the dot-product extension (Cortex-A72 of the Raspberry Pi 4, the Jetson Nano's
+/// A57) rejects with SIGILL. There, quantized weights are expanded to f32 instead.
+fn int8_kernels_run_here() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        if !dotprod {
+            WARNED.call_once(|| {
+                log::warn!("this CPU lacks the ARMv8.2 dot-product instructions (Raspberry Pi 4, Jetson Nano): quantized weights run as f32");
+            });
+        }
+        dotprod
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    true
 }
 
 /// The reduction length Candle's fastest kernel on this CPU wants for `dtype`, where
