@@ -29,7 +29,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import struct
 import subprocess
@@ -220,7 +219,10 @@ def load_torch_model(path):
 # --------------------------------------------------------------------------- workers
 
 def peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """VmHWM, as `smartbin bench` reports it. (ru_maxrss would count the driver's
+    memory too: Linux keeps it across the fork and exec that started this worker.)"""
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
 
 
 def timed(run, iters):

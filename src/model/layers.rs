@@ -28,14 +28,15 @@ enum ConvWeight {
 
 impl Conv2d {
     pub fn new(s: &Scope, c_in: usize, c_out: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Result<Self> {
+        let name = s.full("weight");
         let weight = match s.quantized("weight") {
             Some(q) => ConvWeight::Quantized(
-                QuantConv::new(q, c_in, c_out, k).map_err(|e| candle_core::Error::Msg(format!("`{}`: {e}", s.full("weight"))))?,
+                QuantConv::new(q, c_in, c_out, k).map_err(|e| candle_core::Error::Msg(format!("`{name}`: {e}")))?,
             ),
             None => ConvWeight::Float(s.param((c_out, c_in, k, k), "weight", Init::KaimingFanOut { fan_out: c_out * k * k })?),
         };
         let bias = bias.then(|| s.param(c_out, "bias", Init::UniformFanIn { fan_in: c_in * k * k })).transpose()?;
-        Ok(Self { name: s.full("weight"), weight, bias, k, stride, pad })
+        Ok(Self { name, weight, bias, k, stride, pad })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

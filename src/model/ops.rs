@@ -231,11 +231,29 @@ fn window(x: &Tensor, kh: usize, kw: usize, stride: usize, pad: usize) -> Result
 /// Convolution (groups = 1) of NCHW `x` with weight (O, C, kh, kw) as im2col + one GEMM.
 pub fn conv2d_im2col(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
     let (o, _c, kh, kw) = weight.dims4()?;
+    if kh == 1 && kw == 1 && stride == 1 && pad == 0 {
+        return conv2d_pointwise(x, weight);
+    }
     let g = window(x, kh, kw, stride, pad)?;
     let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
     let w2 = weight.reshape((o, g.c * kh * kw))?;
     let out = w2.matmul(&cols)?; // (O, N·OH·OW)
     out.reshape((o, g.n, g.out_h(), g.out_w()))?.transpose(0, 1)?.contiguous()
+}
+
+/// A 1×1, stride-1 convolution is a matrix product per image, (O, C) × (C, H·W),
+/// which lands in NCHW order as it is: no patch copy and no output transpose
+/// (EfficientNet is mostly these).
+fn conv2d_pointwise(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let o = weight.dim(0)?;
+    let w2 = weight.reshape((o, c))?;
+    let y = if n == 1 {
+        w2.matmul(&x.reshape((c, h * w))?)?
+    } else {
+        w2.broadcast_left(n)?.matmul(&x.reshape((n, c, h * w))?)?
+    };
+    y.reshape((n, o, h, w))
 }
 
 /// Stride-1 "same" convolution with few output channels (RecycleNet's 7×7 conv to one
@@ -323,6 +341,7 @@ mod tests {
             (1, 3, 9, 7, 4, 3, 1, 1),
             (3, 5, 11, 10, 6, 3, 2, 1),
             (2, 4, 6, 6, 3, 1, 1, 0),
+            (1, 5, 4, 7, 6, 1, 1, 0),
             (2, 4, 7, 9, 3, 1, 2, 0),
             (1, 3, 15, 13, 2, 7, 2, 3),
         ];
