@@ -152,10 +152,8 @@ fn distinct_captures(dir: &Path, per_class: u32) {
     }
 }
 
-#[test]
-fn an_improved_model_is_saved_under_a_new_name_and_the_config_pointed_at_it() {
-    let dir = tempfile::tempdir().unwrap();
-    // an untrained small model: whatever it says before, the captures teach it
+/// An untrained small model: whatever it says before, the captures teach it.
+fn untrained_model(path: &Path) {
     let spec = smartbin::model::ModelSpec {
         arch: smartbin::model::Arch::Resnet18,
         att: smartbin::model::AttentionKind::Ours,
@@ -164,8 +162,31 @@ fn an_improved_model_is_saved_under_a_new_name_and_the_config_pointed_at_it() {
         image_size: 32,
     };
     let network = smartbin::model::Network::new(spec, &candle_core::Device::Cpu, 3).unwrap();
+    smartbin::model::checkpoint::save(path, &network, candle_core::DType::F32, &Default::default(), &[]).unwrap();
+}
+
+#[test]
+fn a_quantized_model_is_adapted_and_stays_quantized() {
+    let dir = tempfile::tempdir().unwrap();
+    let (full, start) = (dir.path().join("f32.safetensors"), dir.path().join("start-q8.safetensors"));
+    untrained_model(&full);
+    smartbin::model::checkpoint::quantize(&full, &start, smartbin::model::quant::QuantType::Q8_0, &[]).unwrap();
+    let config = config_for(dir.path(), &start);
+    distinct_captures(&dir.path().join("captures"), 10);
+    let out = calibrate(&config, &["--epochs", "40", "--lr", "0.05", "--views", "2"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let adapted = smartbin::config::Config::load(&config).unwrap().model.path;
+    let meta = smartbin::model::checkpoint::read_metadata(&adapted).unwrap();
+    assert!(meta.contains_key("smartbin.quantized") && meta.contains_key("smartbin.temperature"), "{adapted:?}");
+    let (network, _) = smartbin::model::checkpoint::load_network(&adapted, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(network.quantization(), Some(smartbin::model::quant::QuantType::Q8_0));
+}
+
+#[test]
+fn an_improved_model_is_saved_under_a_new_name_and_the_config_pointed_at_it() {
+    let dir = tempfile::tempdir().unwrap();
     let start = dir.path().join("start.safetensors");
-    smartbin::model::checkpoint::save(&start, &network, candle_core::DType::F32, &Default::default(), &[]).unwrap();
+    untrained_model(&start);
     let config = config_for(dir.path(), &start);
     distinct_captures(&dir.path().join("captures"), 10);
     let out = calibrate(&config, &["--epochs", "40", "--lr", "0.05", "--views", "2"]);
