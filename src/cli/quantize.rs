@@ -39,22 +39,28 @@ pub fn main(args: QuantizeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--out must differ from --model: the original is kept");
     }
     let quantized = match args.dtype {
-        StorageType::F16 => None,
-        StorageType::F32 => None,
-        StorageType::Q8_0 => Some(QuantType::Q8_0),
-        StorageType::Q4k => Some(QuantType::Q4K),
-    };
-    match quantized {
-        None if args.calibration.is_some() => anyhow::bail!("--calibration applies to q8_0 and q4k only"),
-        None => checkpoint::convert(&args.model, &args.out, if matches!(args.dtype, StorageType::F16) { DType::F16 } else { DType::F32 })?,
-        Some(dtype) => {
-            let photos = match &args.calibration {
-                Some(dir) => calibration_photos(dir, args.calibration_photos)?,
-                None => Vec::new(),
-            };
-            checkpoint::quantize(&args.model, &args.out, dtype, &photos)?;
+        StorageType::F16 | StorageType::F32 if args.calibration.is_some() => {
+            anyhow::bail!("--calibration applies to q8_0 and q4k only")
         }
-    }
+        StorageType::F16 => return convert(&args, DType::F16),
+        StorageType::F32 => return convert(&args, DType::F32),
+        StorageType::Q8_0 => QuantType::Q8_0,
+        StorageType::Q4k => QuantType::Q4K,
+    };
+    let photos = match &args.calibration {
+        Some(dir) => calibration_photos(dir, args.calibration_photos)?,
+        None => Vec::new(),
+    };
+    checkpoint::quantize(&args.model, &args.out, quantized, &photos)?;
+    report(&args)
+}
+
+fn convert(args: &QuantizeArgs, dtype: DType) -> anyhow::Result<ExitCode> {
+    checkpoint::convert(&args.model, &args.out, dtype)?;
+    report(args)
+}
+
+fn report(args: &QuantizeArgs) -> anyhow::Result<ExitCode> {
     let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
     log::info!("{} ({:.1} MB) -> {} ({:.1} MB, {:?})", args.model.display(), size(&args.model), args.out.display(), size(&args.out), args.dtype);
     Ok(ExitCode::SUCCESS)
