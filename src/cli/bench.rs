@@ -91,7 +91,8 @@ pub fn main(args: BenchArgs) -> anyhow::Result<ExitCode> {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
     }
     let device = parse_device(&args.device)?;
-    let (network, _) = checkpoint::load_network(&args.model, &device)?;
+    let load = if args.train { checkpoint::load_network } else { checkpoint::load_for_inference };
+    let (network, _) = load(&args.model, &device)?;
     let size = args.image_size.unwrap_or(network.spec.image_size as usize);
     let batch = args.batch.max(1);
     let x = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &device)?;

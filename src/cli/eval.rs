@@ -25,7 +25,7 @@ pub struct EvalArgs {
 
 pub fn main(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let device = parse_device(&args.device)?;
-    let (network, _) = checkpoint::load_network(&args.model, &device)?;
+    let (network, _) = checkpoint::load_for_inference(&args.model, &device)?;
     let mut samples = load_split(&args.data, args.split)?;
     // The data set numbers classes its own way; the model's order is what counts.
     for s in &mut samples {

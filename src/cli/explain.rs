@@ -31,7 +31,7 @@ fn seen_region(photo: &image::RgbImage, size: u32) -> image::RgbImage {
 }
 
 pub fn main(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    let (network, _) = checkpoint::load_network(&args.model, &parse_device(&args.device)?)?;
+    let (network, _) = checkpoint::load_for_inference(&args.model, &parse_device(&args.device)?)?;
     let photo = decode_file(&args.image).map_err(|e| anyhow::anyhow!("{}: {e}", args.image.display()))?;
     let size = network.spec.image_size;
     let x = to_tensor(&[eval_transform(&photo, size)], size, network.device())?;

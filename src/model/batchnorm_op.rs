@@ -50,12 +50,16 @@ pub fn batch_stats(x: &Tensor) -> Result<Tensor> {
     Tensor::from_vec([means, vars].concat(), (2, p.c), x.device())
 }
 
-/// `y = (x - mean)/sqrt(var + eps)·γ + β`, with `params` = (4, C) rows [mean; var; γ; β].
-/// Gradients flow to γ and β (rows 2 and 3) and to x; the statistics' own dependence on
-/// x is accounted for in the backward formula, so rows 0–1 must be detached.
+/// `y = act((x - mean)/sqrt(var + eps)·γ + β)`, with `params` = (4, C) rows
+/// [mean; var; γ; β]. Gradients flow to γ and β (rows 2 and 3) and to x; the
+/// statistics' own dependence on x is accounted for in the backward formula, so rows
+/// 0–1 must be detached. The activation rides along because as separate ops (ReLU6
+/// is a clamp: a maximum and a minimum, each with comparison masks in its backward)
+/// it costs several more full-size tensors per layer, all kept until backward.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchNormTrain {
     pub eps: f32,
+    pub act: Act,
 }
 
 /// Per channel: (inverse std, mean, γ, β).
@@ -79,14 +83,17 @@ impl CustomOp2 for BatchNormTrain {
             let (inv_std, mean, gamma, beta) = channel_params(params, p.c, ch, self.eps);
             let (scale, shift) = (inv_std * gamma, beta - mean * inv_std * gamma);
             for (o, &v) in out.iter_mut().zip(&x[plane * p.hw..][..p.hw]) {
-                *o = v * scale + shift;
+                *o = self.act.apply(v * scale + shift);
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, params: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
+    fn bwd(&self, x: &Tensor, params: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = match self.act {
+            Act::Identity => grad.contiguous()?,
+            act => res.apply_op2_no_bwd(&grad.contiguous()?, &ActGrad(act))?,
+        };
         let sums = x.apply_op3_no_bwd(params, &grad, &GradSums { eps: self.eps })?; // (2, C)
         let dx = x.apply_op3_no_bwd(&Tensor::cat(&[params, &sums], 0)?, &grad, &GradInput { eps: self.eps })?;
         let zeros = sums.zeros_like()?;
@@ -159,7 +166,28 @@ impl CustomOp3 for GradInput {
     }
 }
 
-/// The activation fused after an eval-mode batch-norm.
+/// dy · act'(y): the gradient before an activation, from its output.
+struct ActGrad(Act);
+
+impl CustomOp2 for ActGrad {
+    fn name(&self) -> &'static str {
+        "activation-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, dy) = (slice(s1, l1, "activation-grad")?, slice(s2, l2, "activation-grad")?);
+        let mut dx = vec![0f32; y.len()];
+        dx.par_chunks_mut(1 << 14).enumerate().for_each(|(i, out)| {
+            let at = i << 14;
+            for ((o, &v), &g) in out.iter_mut().zip(&y[at..]).zip(&dy[at..]) {
+                *o = g * self.0.slope(v);
+            }
+        });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// The activation fused after a batch-norm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
     Identity,

@@ -71,7 +71,7 @@ pub fn convert(input: &Path, output: &Path, dtype: DType) -> anyhow::Result<()> 
 /// so that 4-bit rounding favours the channels that matter. Quantizing a quantized
 /// file is refused: the error would compound.
 pub fn quantize(input: &Path, output: &Path, dtype: QuantType, calibration: &[image::RgbImage]) -> anyhow::Result<()> {
-    let (original, ckpt) = load_network(input, &Device::Cpu)?;
+    let (original, ckpt) = load_for_inference(input, &Device::Cpu)?;
     if let Some(name) = ckpt.quantized.keys().next() {
         anyhow::bail!("{} is already quantized (`{name}`, ...): quantize its f32 or f16 original", input.display());
     }
@@ -188,10 +188,21 @@ pub fn read(path: &Path, device: &Device) -> Result<Checkpoint, CheckpointError>
     Ok(Checkpoint { spec, weights, quantized, optim, metadata })
 }
 
-/// Builds the network a file describes and loads its weights.
+/// Builds the network a file describes and loads its weights, ready to train.
 pub fn load_network(path: &Path, device: &Device) -> Result<(Network, Checkpoint), CheckpointError> {
+    load(path, device, true)
+}
+
+/// [`load_network`] for classifying only: its forward passes record no graph, so
+/// activations are freed layer by layer (see [`ParamStore::inference_only`]).
+pub fn load_for_inference(path: &Path, device: &Device) -> Result<(Network, Checkpoint), CheckpointError> {
+    load(path, device, false)
+}
+
+fn load(path: &Path, device: &Device, trainable: bool) -> Result<(Network, Checkpoint), CheckpointError> {
     let ckpt = read(path, device)?;
     let store = ParamStore::with_quantized(device, 0, ckpt.quantized.clone());
+    let store = if trainable { store } else { store.inference_only() };
     let network = Network::with_store(ckpt.spec.clone(), store).map_err(|e| match ckpt.quantized.is_empty() {
         true => CheckpointError::Corrupt { path: path.into(), reason: e.to_string() },
         false => CheckpointError::Mismatch { path: path.into(), source: LoadMismatch::Quantized(e.to_string()) },
@@ -240,6 +251,30 @@ mod tests {
         let a: Vec<f32> = net.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = loaded.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn inference_load_gives_the_same_logits_without_a_graph() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let net = tiny(4);
+        // Batch-norm statistics away from their defaults, so the file's must be used.
+        net.forward_t(&Tensor::randn(1f32, 2., (2, 3, 32, 32), &Device::Cpu).unwrap(), true).unwrap();
+        save(&path, &net, DType::F32, &BTreeMap::new(), &[]).unwrap();
+        let (trainable, _) = load_network(&path, &Device::Cpu).unwrap();
+        let (frozen, _) = load_for_inference(&path, &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let (a, b) = (trainable.forward_t(&x, false).unwrap(), frozen.forward_t(&x, false).unwrap());
+        let original: Vec<f32> = net.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), original);
+        // The file's weights reached the detached tensors the layers hold.
+        assert_eq!(a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert!(a.track_op(), "a trainable network records its graph");
+        assert!(!b.track_op(), "an inference network must not keep its activations alive");
+        // Gradients with respect to an input still flow (Grad-CAM needs them).
+        let input = candle_core::Var::from_tensor(&x).unwrap();
+        let grads = frozen.forward_t(input.as_tensor(), false).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&input).is_some());
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub struct ModelClassifier {
 
 impl ModelClassifier {
     pub fn load(path: &Path, device: &Device) -> Result<Self, checkpoint::CheckpointError> {
-        let (network, ckpt) = checkpoint::load_network(path, device)?;
+        let (network, ckpt) = checkpoint::load_for_inference(path, device)?;
         let temperature = match ckpt.metadata.get(checkpoint::META_TEMPERATURE) {
             None => 1.0,
             Some(text) => text.parse::<f32>().ok().filter(|t| t.is_finite() && *t > 0.0).ok_or_else(|| {

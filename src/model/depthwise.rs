@@ -1,47 +1,77 @@
 //! Depthwise convolution (one k×k filter per channel, EfficientNet's MBConv) as CPU
 //! kernels with their own backward. Candle runs a grouped conv as one tiny conv per
 //! channel, which for 32–1152 channels is mostly overhead.
+//!
+//! Padding is implicit (out-of-image taps are skipped) and may be uneven, as
+//! TensorFlow's "same" padding is for stride 2: a padded copy of the input would
+//! cost a full-size tensor per block, plus its gradient.
 
-use super::ops::Window;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use super::ops::contiguous_f32 as slice;
 use rayon::prelude::*;
 
-/// Output columns `x` whose input column `x·stride + kj − pad` lies inside the row.
-#[inline]
-fn valid_columns(g: &Window, kj: usize) -> std::ops::Range<usize> {
-    let first = g.pad.saturating_sub(kj).div_ceil(g.stride);
-    let last = (g.w + g.pad).checked_sub(kj + 1).map_or(0, |m| m / g.stride + 1).min(g.out_w());
-    first..last.max(first)
+/// Geometry of a depthwise convolution over an NCHW tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    /// Zero rows above / columns left of the input; any more below / right are
+    /// implied by the output size.
+    pad_top: usize,
+    pad_left: usize,
+    out_h: usize,
+    out_w: usize,
 }
 
-/// Calls `f(output row, input row, tap)` for every (output row, kernel tap) pair of a
-/// plane whose input row is inside the image; the row-level loop lets the inner
-/// column loops run without bounds branches.
-#[inline]
-fn for_each_row_tap(g: &Window, mut f: impl FnMut(usize, usize, usize, usize)) {
-    for ki in 0..g.kh {
-        for y in 0..g.out_h() {
-            let iy = (y * g.stride + ki) as isize - g.pad as isize;
-            if iy < 0 || iy as usize >= g.h {
-                continue;
-            }
-            for kj in 0..g.kw {
-                f(y, iy as usize, ki * g.kw + kj, kj);
+impl Geom {
+    /// TensorFlow's "same": `ceil(size / stride)` outputs, the padding split with the
+    /// odd pixel at the bottom/right.
+    fn same(n: usize, c: usize, h: usize, w: usize, k: usize, stride: usize) -> Self {
+        let before = |size: usize| (((size.div_ceil(stride) - 1) * stride + k).saturating_sub(size)) / 2;
+        let (out_h, out_w) = (h.div_ceil(stride), w.div_ceil(stride));
+        Self { n, c, h, w, k, stride, pad_top: before(h), pad_left: before(w), out_h, out_w }
+    }
+
+    /// Output columns `x` whose input column `x·stride + kj − pad_left` lies inside the row.
+    #[inline]
+    fn valid_columns(&self, kj: usize) -> std::ops::Range<usize> {
+        let first = self.pad_left.saturating_sub(kj).div_ceil(self.stride);
+        let last = (self.w + self.pad_left).checked_sub(kj + 1).map_or(0, |m| m / self.stride + 1).min(self.out_w);
+        first..last.max(first)
+    }
+
+    /// Input column of output column `x` at tap column `kj` (only for valid columns).
+    #[inline]
+    fn input_column(&self, x: usize, kj: usize) -> usize {
+        x * self.stride + kj - self.pad_left
+    }
+
+    /// Calls `f(output row, input row, tap, tap column)` for every (output row, kernel
+    /// tap) pair of a plane whose input row is inside the image; the row-level loop
+    /// lets the inner column loops run without bounds branches.
+    #[inline]
+    fn for_each_row_tap(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
+        for ki in 0..self.k {
+            for y in 0..self.out_h {
+                let iy = (y * self.stride + ki) as isize - self.pad_top as isize;
+                if iy < 0 || iy as usize >= self.h {
+                    continue;
+                }
+                for kj in 0..self.k {
+                    f(y, iy as usize, ki * self.k + kj, kj);
+                }
             }
         }
     }
 }
 
-/// Input column of output column `x` at tap column `kj` (only for valid columns).
-#[inline]
-fn input_column(g: &Window, x: usize, kj: usize) -> usize {
-    x * g.stride + kj - g.pad
-}
-
-/// `y[n,c] = x[n,c] ⋆ w[c]`, weight shape (C, 1, kh, kw).
+/// `y[n,c] = x[n,c] ⋆ w[c]`, weight shape (C, 1, k, k).
 #[derive(Debug, Clone, Copy)]
-pub struct Depthwise(pub Window);
+pub struct Depthwise(pub Geom);
 
 impl CustomOp2 for Depthwise {
     fn name(&self) -> &'static str {
@@ -51,20 +81,19 @@ impl CustomOp2 for Depthwise {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (slice(s1, l1, "depthwise")?, slice(s2, l2, "depthwise")?);
         let g = self.0;
-        let (plane_in, plane_out, taps) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
+        let (plane_in, plane_out, taps, ow) = (g.h * g.w, g.out_h * g.out_w, g.k * g.k, g.out_w);
         let mut y = vec![0f32; g.n * g.c * plane_out];
         y.par_chunks_mut(plane_out).enumerate().for_each(|(nc, out)| {
             let src = &x[nc * plane_in..][..plane_in];
             let k = &w[(nc % g.c) * taps..][..taps];
-            let ow = g.out_w();
-            for_each_row_tap(&g, |y, iy, t, kj| {
+            g.for_each_row_tap(|y, iy, t, kj| {
                 let (orow, irow, wv) = (&mut out[y * ow..][..ow], &src[iy * g.w..][..g.w], k[t]);
-                for x in valid_columns(&g, kj) {
-                    orow[x] += irow[input_column(&g, x, kj)] * wv;
+                for x in g.valid_columns(kj) {
+                    orow[x] += irow[g.input_column(x, kj)] * wv;
                 }
             });
         });
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.out_h(), g.out_w()))))
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.out_h, g.out_w))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -77,7 +106,7 @@ impl CustomOp2 for Depthwise {
 
 /// Gradient of [`Depthwise`] with respect to its input or its weight.
 struct DepthwiseGrad {
-    g: Window,
+    g: Geom,
     wrt_input: bool,
 }
 
@@ -91,18 +120,17 @@ impl CustomOp3 for DepthwiseGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w, dy) = (slice(s1, l1, "depthwise-grad")?, slice(s2, l2, "depthwise-grad")?, slice(s3, l3, "depthwise-grad")?);
         let g = self.g;
-        let (plane_in, plane_out, taps) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
+        let (plane_in, plane_out, taps, ow) = (g.h * g.w, g.out_h * g.out_w, g.k * g.k, g.out_w);
         if self.wrt_input {
             let mut dx = vec![0f32; x.len()];
             dx.par_chunks_mut(plane_in).enumerate().for_each(|(nc, out)| {
                 let d = &dy[nc * plane_out..][..plane_out];
                 let k = &w[(nc % g.c) * taps..][..taps];
-                let ow = g.out_w();
-                for_each_row_tap(&g, |y, iy, t, kj| {
+                g.for_each_row_tap(|y, iy, t, kj| {
                     let (drow, wv) = (&d[y * ow..][..ow], k[t]);
                     let irow = &mut out[iy * g.w..][..g.w];
-                    for x in valid_columns(&g, kj) {
-                        irow[input_column(&g, x, kj)] += drow[x] * wv;
+                    for x in g.valid_columns(kj) {
+                        irow[g.input_column(x, kj)] += drow[x] * wv;
                     }
                 });
             });
@@ -114,10 +142,9 @@ impl CustomOp3 for DepthwiseGrad {
             for n in 0..g.n {
                 let nc = n * g.c + c;
                 let (src, d) = (&x[nc * plane_in..][..plane_in], &dy[nc * plane_out..][..plane_out]);
-                let ow = g.out_w();
-                for_each_row_tap(&g, |y, iy, t, kj| {
+                g.for_each_row_tap(|y, iy, t, kj| {
                     let (drow, irow) = (&d[y * ow..][..ow], &src[iy * g.w..][..g.w]);
-                    out[t] += valid_columns(&g, kj).map(|x| drow[x] * irow[input_column(&g, x, kj)]).sum::<f32>();
+                    out[t] += g.valid_columns(kj).map(|x| drow[x] * irow[g.input_column(x, kj)]).sum::<f32>();
                 });
             }
         });
@@ -125,24 +152,57 @@ impl CustomOp3 for DepthwiseGrad {
     }
 }
 
-/// Depthwise convolution of NCHW `x` with weight (C, 1, k, k), symmetric padding.
-pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+/// The weight's channels must match the input's.
+fn check_weight(x: &Tensor, weight: &Tensor) -> Result<(usize, usize, usize, usize, usize)> {
     let (n, c, h, w) = x.dims4()?;
     let (wc, one, kh, kw) = weight.dims4()?;
-    if wc != c || one != 1 {
+    if wc != c || one != 1 || kh != kw {
         candle_core::bail!("depthwise weight {:?} does not fit {c} channels", weight.dims());
     }
-    if !x.device().is_cpu() {
-        return x.conv2d(weight, pad, stride, 1, c);
-    }
-    let g = Window { n, c, h, w, kh, kw, stride, pad };
+    Ok((n, c, h, w, kh))
+}
+
+fn run(x: &Tensor, weight: &Tensor, g: Geom) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&weight.contiguous()?, Depthwise(g))
+}
+
+/// Depthwise convolution with TensorFlow's "same" padding (see [`pad_same`]).
+pub fn depthwise_conv2d_same(x: &Tensor, weight: &Tensor, stride: usize) -> Result<Tensor> {
+    let (n, c, h, w, k) = check_weight(x, weight)?;
+    if !x.device().is_cpu() {
+        return pad_same(x, k, stride)?.conv2d(weight, 0, stride, 1, c);
+    }
+    run(x, weight, Geom::same(n, c, h, w, k, stride))
+}
+
+/// Zero-pads `x` the way TF's "same" padding does for a k×k window at `stride`: the
+/// odd extra pixel of a stride-2 window goes bottom/right.
+pub fn pad_same(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let amount = |size: usize| {
+        let out = size.div_ceil(stride);
+        let total = ((out - 1) * stride + k).saturating_sub(size);
+        (total / 2, total - total / 2)
+    };
+    let ((top, bottom), (left, right)) = (amount(h), amount(w));
+    if top + bottom + left + right == 0 {
+        return Ok(x.clone());
+    }
+    x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    /// Symmetric padding `pad` on every side, as Candle's reference conv takes it.
+    fn depthwise_conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Result<Tensor> {
+        let (n, c, h, w, k) = check_weight(x, weight)?;
+        let out = |size: usize| (size + 2 * pad - k) / stride + 1;
+        let g = Geom { n, c, h, w, k, stride, pad_top: pad, pad_left: pad, out_h: out(h), out_w: out(w) };
+        run(x, weight, g)
+    }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
@@ -167,6 +227,37 @@ mod tests {
             check_numerically(&x, grads.get(&x).unwrap(), |t| loss(t, &wt), i);
             check_numerically(&wt, grads.get(&wt).unwrap(), |t| loss(&x, t), i);
         }
+    }
+
+    /// "Same" padding without a padded copy equals padding first, on odd, even and
+    /// non-square inputs, stride 1 and 2, forward and both gradients.
+    #[test]
+    fn same_padding_matches_an_explicitly_padded_input() {
+        for (i, &(n, c, h, w, k, s)) in [(2, 3, 8, 8, 3, 2), (1, 4, 7, 10, 5, 2), (2, 2, 9, 6, 3, 1), (1, 3, 6, 7, 5, 1)].iter().enumerate() {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, c, h, w), &Device::Cpu).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1.0, (c, 1, k, k), &Device::Cpu).unwrap()).unwrap();
+            let ours = depthwise_conv2d_same(&x, &wt, s).unwrap();
+            let reference = depthwise_conv2d(&pad_same(&x, k, s).unwrap(), &wt, s, 0).unwrap();
+            assert_eq!(ours.dims(), reference.dims(), "case {i}");
+            assert_eq!(ours.dims()[2..], [h.div_ceil(s), w.div_ceil(s)], "case {i}");
+            assert!(max_diff(&ours, &reference) < 1e-5, "forward case {i}");
+            let up = Tensor::randn(0f32, 1.0, ours.dims(), &Device::Cpu).unwrap();
+            let g1 = (ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (reference * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &wt] {
+                assert!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-4, "gradient case {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_padding_puts_the_extra_pixel_bottom_right() {
+        let x = Tensor::ones((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let p = pad_same(&x, 3, 2).unwrap();
+        assert_eq!(p.dims(), &[1, 1, 5, 5]);
+        let v: Vec<Vec<f32>> = p.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        assert_eq!(v[0][0], 1.0);
+        assert_eq!(v[4][4], 0.0);
     }
 
     /// Central differences on every 3rd element of `at`.

@@ -7,7 +7,7 @@
 //! uses eps 1e-3.
 
 use super::attention::{AttentionKind, BlockAttention, GateMix, RecycleAttention};
-use super::depthwise::depthwise_conv2d;
+use super::depthwise::{depthwise_conv2d_same, pad_same};
 use super::batchnorm_op::Act;
 use super::layers::{global_avg_pool, BatchNorm2d, Conv2d, Linear};
 use super::params::{Init, Scope};
@@ -27,21 +27,6 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 6, 192, 320),
 ];
 
-/// Zero-pads `x` the way TF's "same" padding does for a k×k window at `stride`.
-fn pad_same(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    let amount = |size: usize| {
-        let out = size.div_ceil(stride);
-        let total = ((out - 1) * stride + k).saturating_sub(size);
-        (total / 2, total - total / 2)
-    };
-    let ((top, bottom), (left, right)) = (amount(h), amount(w));
-    if top + bottom + left + right == 0 {
-        return Ok(x.clone());
-    }
-    x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)
-}
-
 /// Inverted residual block: 1×1 expand, k×k depthwise, 1×1 project.
 #[derive(Debug, Clone)]
 struct MbConv {
@@ -50,7 +35,6 @@ struct MbConv {
     bn1: BatchNorm2d,
     project: Conv2d,
     bn2: BatchNorm2d,
-    kernel: usize,
     stride: usize,
     residual: bool,
     attention: Option<BlockAttention>,
@@ -74,7 +58,6 @@ impl MbConv {
             bn1: BatchNorm2d::with_eps(&s.pp("_bn1"), hidden, BN_EPS)?,
             project: Conv2d::new(&s.pp("_project_conv"), hidden, c_out, 1, 1, 0, false)?,
             bn2: BatchNorm2d::with_eps(&s.pp("_bn2"), c_out, BN_EPS)?,
-            kernel,
             stride,
             residual: stride == 1 && c_in == c_out,
             attention: BlockAttention::for_block(s, att, c_out)?,
@@ -86,7 +69,7 @@ impl MbConv {
             Some((conv, bn)) => bn.forward_act_t(&conv.forward(x)?, train, Act::Relu6)?,
             None => x.clone(),
         };
-        y = depthwise_conv2d(&pad_same(&y, self.kernel, self.stride)?, &self.depthwise, self.stride, 0)?;
+        y = depthwise_conv2d_same(&y, &self.depthwise, self.stride)?;
         y = self.bn1.forward_act_t(&y, train, Act::Relu6)?;
         y = self.bn2.forward_t(&self.project.forward(&y)?, train)?;
         if let Some(att) = &self.attention {
@@ -207,15 +190,5 @@ mod tests {
         assert!(!p.contains_key("_blocks.0._expand_conv.weight"));
         let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu).unwrap();
         assert_eq!(net.forward_t(&x, false).unwrap().dims(), &[2, 1000]);
-    }
-
-    #[test]
-    fn same_padding_puts_the_extra_pixel_bottom_right() {
-        let x = Tensor::ones((1, 1, 4, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let p = pad_same(&x, 3, 2).unwrap();
-        assert_eq!(p.dims(), &[1, 1, 5, 5]);
-        let v: Vec<Vec<f32>> = p.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
-        assert_eq!(v[0][0], 1.0);
-        assert_eq!(v[4][4], 0.0);
     }
 }

@@ -1,6 +1,6 @@
 //! Building blocks: convolution, batch-norm, linear, with torchvision's parameter names.
 
-use super::batchnorm_op::{Act, ChannelAffine};
+use super::batchnorm_op::{Act, BatchNormTrain, ChannelAffine};
 use super::ops;
 use super::params::{Init, Scope};
 use super::quant::QuantConv;
@@ -90,8 +90,8 @@ impl BatchNorm2d {
         Ok(Self {
             weight: s.param(c, "weight", Init::Const(1.0))?,
             bias: s.param(c, "bias", Init::Const(0.0))?,
-            running_mean: Var::from_tensor(&s.buffer(c, "running_mean", 0.0)?)?,
-            running_var: Var::from_tensor(&s.buffer(c, "running_var", 1.0)?)?,
+            running_mean: s.buffer(c, "running_mean", 0.0)?,
+            running_var: s.buffer(c, "running_var", 1.0)?,
             eps,
         })
     }
@@ -101,9 +101,12 @@ impl BatchNorm2d {
         self.forward_act_t(x, train, Act::Identity)
     }
 
-    /// Batch-norm followed by `act`; in eval mode on the CPU both run as one pass.
+    /// Batch-norm followed by `act`; on the CPU both run as one pass.
     pub fn forward_act_t(&self, x: &Tensor, train: bool, act: Act) -> Result<Tensor> {
-        if !train && x.device().is_cpu() {
+        if x.device().is_cpu() {
+            if train {
+                return self.train_cpu(x, act);
+            }
             // Detached: eval mode passes gradients to the input only.
             let params = Tensor::stack(&self.eval_scale_shift()?, 0)?.detach();
             return x.contiguous()?.apply_op2(&params, ChannelAffine(act));
@@ -116,10 +119,11 @@ impl BatchNorm2d {
         }
     }
 
-    /// The eval-mode transform as one per-channel scale and shift.
+    /// The eval-mode transform as one per-channel scale and shift. The running
+    /// statistics are state, never trained: detached, so no graph hangs on them.
     fn eval_scale_shift(&self) -> Result<[Tensor; 2]> {
-        let scale = (&self.weight / (self.running_var.as_tensor() + self.eps)?.sqrt()?)?;
-        let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
+        let scale = (&self.weight / (self.running_var.as_tensor().detach() + self.eps)?.sqrt()?)?;
+        let shift = (&self.bias - (self.running_mean.as_tensor().detach() * &scale)?)?;
         Ok([scale, shift])
     }
 
@@ -129,15 +133,11 @@ impl BatchNorm2d {
             let [scale, shift] = self.eval_scale_shift()?;
             return x.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?);
         }
+        if x.device().is_cpu() {
+            return self.train_cpu(x, Act::Identity);
+        }
         let (n, _, h, w) = x.dims4()?;
         let count = (n * h * w) as f64;
-        if x.device().is_cpu() {
-            let stats = super::batchnorm_op::batch_stats(x)?;
-            let params = Tensor::cat(&[&stats, &self.weight.unsqueeze(0)?, &self.bias.unsqueeze(0)?], 0)?;
-            let y = x.contiguous()?.apply_op2(&params, super::batchnorm_op::BatchNormTrain { eps: self.eps as f32 })?;
-            self.update_running(&stats.get(0)?, &stats.get(1)?, count)?;
-            return Ok(y);
-        }
         let mean = x.mean_keepdim((0, 2, 3))?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
@@ -145,6 +145,16 @@ impl BatchNorm2d {
         let scale = inv_std.broadcast_mul(&per_channel(&self.weight)?)?;
         let y = centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)?;
         self.update_running(&mean.detach().flatten_all()?, &var.detach().flatten_all()?, count)?;
+        Ok(y)
+    }
+
+    /// Train mode on the CPU: batch statistics, normalisation and `act` as fused kernels.
+    fn train_cpu(&self, x: &Tensor, act: Act) -> Result<Tensor> {
+        let (n, _, h, w) = x.dims4()?;
+        let stats = super::batchnorm_op::batch_stats(x)?;
+        let params = Tensor::cat(&[&stats, &self.weight.unsqueeze(0)?, &self.bias.unsqueeze(0)?], 0)?;
+        let y = x.contiguous()?.apply_op2(&params, BatchNormTrain { eps: self.eps as f32, act })?;
+        self.update_running(&stats.get(0)?, &stats.get(1)?, (n * h * w) as f64)?;
         Ok(y)
     }
 
@@ -211,31 +221,40 @@ mod tests {
         }
     }
 
-    /// The fused CPU kernel against the same layer built from Candle's generic ops.
+    /// The fused CPU kernel, with each activation, against the same layer built from
+    /// Candle's generic ops.
     #[test]
     fn fused_batch_norm_matches_generic_ops_with_gradients() {
         let x = Var::from_tensor(&Tensor::randn(0.5f32, 2.0, (3, 4, 5, 6), &Device::Cpu).unwrap()).unwrap();
-        let gamma = Var::from_tensor(&Tensor::randn(1f32, 0.3, 4, &Device::Cpu).unwrap()).unwrap();
+        // γ around 3 so that ReLU6's upper bend is crossed too.
+        let gamma = Var::from_tensor(&Tensor::randn(3f32, 0.5, 4, &Device::Cpu).unwrap()).unwrap();
         let beta = Var::from_tensor(&Tensor::randn(0f32, 0.3, 4, &Device::Cpu).unwrap()).unwrap();
         let up = Tensor::randn(0f32, 1.0, (3, 4, 5, 6), &Device::Cpu).unwrap();
-        let stats = crate::model::batchnorm_op::batch_stats(&x).unwrap();
-        let params = Tensor::cat(&[&stats, &gamma.unsqueeze(0).unwrap(), &beta.unsqueeze(0).unwrap()], 0).unwrap();
-        let fused = x.apply_op2(&params, crate::model::batchnorm_op::BatchNormTrain { eps: 1e-5 }).unwrap();
-        let mean = x.mean_keepdim((0, 2, 3)).unwrap();
-        let centred = x.broadcast_sub(&mean).unwrap();
-        let var = centred.sqr().unwrap().mean_keepdim((0, 2, 3)).unwrap();
-        let generic = centred
-            .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap()
-            .broadcast_mul(&gamma.reshape((1, 4, 1, 1)).unwrap()).unwrap()
-            .broadcast_add(&beta.reshape((1, 4, 1, 1)).unwrap()).unwrap();
         let diff = |a: &Tensor, b: &Tensor| -> f32 {
             (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
         };
-        assert!(diff(&fused, &generic) < 1e-4);
-        let g1 = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (generic * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        for v in [&x, &gamma, &beta] {
-            assert!(diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-3);
+        for act in [Act::Identity, Act::Relu, Act::Relu6] {
+            let stats = crate::model::batchnorm_op::batch_stats(&x).unwrap();
+            let params = Tensor::cat(&[&stats, &gamma.unsqueeze(0).unwrap(), &beta.unsqueeze(0).unwrap()], 0).unwrap();
+            let fused = x.apply_op2(&params, BatchNormTrain { eps: 1e-5, act }).unwrap();
+            let mean = x.mean_keepdim((0, 2, 3)).unwrap();
+            let centred = x.broadcast_sub(&mean).unwrap();
+            let var = centred.sqr().unwrap().mean_keepdim((0, 2, 3)).unwrap();
+            let normalised = centred
+                .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap()
+                .broadcast_mul(&gamma.reshape((1, 4, 1, 1)).unwrap()).unwrap()
+                .broadcast_add(&beta.reshape((1, 4, 1, 1)).unwrap()).unwrap();
+            let generic = match act {
+                Act::Identity => normalised,
+                Act::Relu => normalised.relu().unwrap(),
+                Act::Relu6 => normalised.clamp(0f32, 6f32).unwrap(),
+            };
+            assert!(diff(&fused, &generic) < 1e-4, "{act:?}");
+            let g1 = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (generic * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &gamma, &beta] {
+                assert!(diff(g1.get(v).unwrap(), g2.get(v).unwrap()) < 1e-3, "{act:?} gradient");
+            }
         }
     }
 

@@ -39,6 +39,9 @@ struct Inner {
 pub struct ParamStore {
     inner: Arc<Mutex<Inner>>,
     device: Device,
+    /// Whether layers get the parameters as variables, so that every op on them is
+    /// recorded for backprop (see [`ParamStore::inference_only`]).
+    track_gradients: bool,
 }
 
 impl ParamStore {
@@ -53,7 +56,17 @@ impl ParamStore {
     pub fn with_quantized(device: &Device, seed: u64, quantized: BTreeMap<String, Arc<QTensor>>) -> Self {
         let quantized = quantized.into_iter().map(|(name, t)| (name, (t, false))).collect();
         let inner = Inner { params: BTreeMap::new(), rng: StdRng::seed_from_u64(seed), quantized };
-        Self { inner: Arc::new(Mutex::new(inner)), device: device.clone() }
+        Self { inner: Arc::new(Mutex::new(inner)), device: device.clone(), track_gradients: true }
+    }
+
+    /// Layers built on this store get their parameters detached from the variables
+    /// (same storage, so loading still fills them), and a forward pass records no
+    /// graph: each activation is freed as soon as the next layer has read it, instead
+    /// of living until the output is dropped. Gradients with respect to an input
+    /// variable still flow (Grad-CAM); the parameters themselves cannot be trained.
+    pub fn inference_only(mut self) -> Self {
+        self.track_gradients = false;
+        self
     }
 
     /// The quantized weights, by name.
@@ -76,10 +89,16 @@ impl ParamStore {
         Scope { store: self.clone(), prefix: String::new() }
     }
 
-    fn create(&self, name: String, shape: Shape, init: Init, trainable: bool) -> Result<Tensor> {
+    /// The tensor a layer computes with: the variable itself, or a detached view of
+    /// its storage for an inference-only store.
+    fn handle(&self, var: &Var) -> Tensor {
+        if self.track_gradients { var.as_tensor().clone() } else { var.as_tensor().detach() }
+    }
+
+    fn create(&self, name: String, shape: Shape, init: Init, trainable: bool) -> Result<Var> {
         let mut inner = self.inner.lock().expect("parameter store poisoned");
         if let Some(p) = inner.params.get(&name) {
-            return Ok(p.var.as_tensor().clone());
+            return Ok(p.var.clone());
         }
         let n = shape.elem_count();
         let values: Vec<f32> = match init {
@@ -94,9 +113,8 @@ impl ParamStore {
             }
         };
         let var = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;
-        let tensor = var.as_tensor().clone();
-        inner.params.insert(name, Param { var, trainable });
-        Ok(tensor)
+        inner.params.insert(name, Param { var: var.clone(), trainable });
+        Ok(var)
     }
 
     /// All parameters by name (sorted).
@@ -189,7 +207,7 @@ impl Scope {
     }
 
     pub fn param(&self, shape: impl Into<Shape>, name: &str, init: Init) -> Result<Tensor> {
-        self.store.create(self.full(name), shape.into(), init, true)
+        Ok(self.store.handle(&self.store.create(self.full(name), shape.into(), init, true)?))
     }
 
     /// The quantized weight stored under `name`, if the file had one; the layer then
@@ -201,7 +219,9 @@ impl Scope {
         Some(t.clone())
     }
 
-    pub fn buffer(&self, shape: impl Into<Shape>, name: &str, value: f32) -> Result<Tensor> {
+    /// State that is not trained but updated in place (batch-norm's running
+    /// statistics): the store's own variable, so that loading and updates reach it.
+    pub fn buffer(&self, shape: impl Into<Shape>, name: &str, value: f32) -> Result<Var> {
         self.store.create(self.full(name), shape.into(), Init::Const(value), false)
     }
 
