@@ -82,6 +82,13 @@ impl Network {
         Ok(Self { spec, store, backbone })
     }
 
+    /// The same network, sharing its parameters (no copy), whose forward passes record
+    /// no graph: for validation and for frozen stages, whose activations are then
+    /// freed layer by layer (see [`ParamStore::inference_only`]).
+    pub fn detached(&self) -> candle_core::Result<Self> {
+        Self::with_store(self.spec.clone(), self.store.clone().inference_only())
+    }
+
     /// Logits (N, classes) for a normalised NCHW batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         self.head_t(&self.stages_t(x, train, 0..self.stage_names().len())?)

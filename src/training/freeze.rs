@@ -176,11 +176,12 @@ impl FeatureCache {
 /// Runs the first `frozen` stages in eval mode over `batches`, one output per image.
 fn features(network: &Network, frozen: usize, batches: super::data::EpochBatches, n: usize) -> anyhow::Result<Vec<Tensor>> {
     let stages = 0..frozen;
+    // No graph: every stored row would keep its whole batch's activations alive.
+    let network = network.detached()?;
     let mut out: Vec<Option<Tensor>> = vec![None; n];
     for batch in batches {
         let x = batch.images_tensor(network.device())?;
-        // Detached, or every stored row would keep its whole batch's activation graph alive.
-        let f = network.stages_t(&x, false, stages.clone())?.detach().to_dtype(DType::F16)?.to_device(&Device::Cpu)?;
+        let f = network.stages_t(&x, false, stages.clone())?.to_dtype(DType::F16)?.to_device(&Device::Cpu)?;
         for (row, &index) in batch.indices.iter().enumerate() {
             out[index] = Some(f.get(row)?);
         }
@@ -192,7 +193,7 @@ fn features(network: &Network, frozen: usize, batches: super::data::EpochBatches
 pub fn cache_bytes(network: &Network, frozen: usize, images: usize, views: usize) -> anyhow::Result<usize> {
     let size = network.spec.image_size as usize;
     let probe = Tensor::zeros((1, 3, size, size), DType::F32, network.device())?;
-    let out = network.stages_t(&probe, false, 0..frozen)?.elem_count();
+    let out = network.detached()?.stages_t(&probe, false, 0..frozen)?.elem_count();
     Ok(out * 2 * images * (views + 1))
 }
 

@@ -247,25 +247,26 @@ impl Trainer {
         // Cached inputs are already the frozen stages' output.
         let fixed = match &self.features {
             Some(_) => x,
-            None => self.network.stages_t(&x, false, 0..self.frozen)?.detach(),
+            None => self.network.detached()?.stages_t(&x, false, 0..self.frozen)?,
         };
         Ok(self.network.head_t(&self.network.stages_t(&fixed, true, self.frozen..all)?)?)
     }
 
     /// Validation (loss, top-1 %).
     fn validate(&self) -> anyhow::Result<(f64, f64)> {
+        let network = self.network.detached()?;
         let Some(cache) = &self.features else {
-            let r = evaluate(&self.network, &self.val, self.config.batch_size.max(32))?;
+            let r = evaluate(&network, &self.val, self.config.batch_size.max(32))?;
             return Ok((r.loss, r.top1));
         };
         let (mut loss, mut correct) = (0.0, 0usize);
         let indices: Vec<usize> = (0..cache.val.len()).collect();
         for chunk in indices.chunks(64) {
-            let x = stack(&cache.val, chunk, self.network.device())?;
+            let x = stack(&cache.val, chunk, network.device())?;
             let labels: Vec<u32> = chunk.iter().map(|&i| self.val.label(i) as u32).collect();
-            let y = Tensor::new(labels, self.network.device())?;
-            let all = self.network.stage_names().len();
-            let logits = self.network.head_t(&self.network.stages_t(&x, false, self.frozen..all)?)?;
+            let y = Tensor::new(labels, network.device())?;
+            let all = network.stage_names().len();
+            let logits = network.head_t(&network.stages_t(&x, false, self.frozen..all)?)?;
             loss += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * chunk.len() as f64;
             correct += logits.argmax(D::Minus1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
         }
