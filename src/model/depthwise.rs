@@ -44,10 +44,16 @@ impl Geom {
         first..last.max(first)
     }
 
-    /// Input column of output column `x` at tap column `kj` (only for valid columns).
+    /// The output columns tap column `kj` reaches and the input column of the first
+    /// of them (the others follow every `stride` columns); `None` if it reaches none.
     #[inline]
-    fn input_column(&self, x: usize, kj: usize) -> usize {
-        x * self.stride + kj - self.pad_left
+    fn tap_span(&self, kj: usize) -> Option<(std::ops::Range<usize>, usize)> {
+        let cols = self.valid_columns(kj);
+        if cols.is_empty() {
+            return None;
+        }
+        let first = cols.start * self.stride + kj - self.pad_left;
+        Some((cols, first))
     }
 
     /// Calls `f(output row, input row, tap, tap column)` for every (output row, kernel
@@ -87,9 +93,8 @@ impl CustomOp2 for Depthwise {
             let src = &x[nc * plane_in..][..plane_in];
             let k = &w[(nc % g.c) * taps..][..taps];
             g.for_each_row_tap(|y, iy, t, kj| {
-                let (orow, irow, wv) = (&mut out[y * ow..][..ow], &src[iy * g.w..][..g.w], k[t]);
-                for x in g.valid_columns(kj) {
-                    orow[x] += irow[g.input_column(x, kj)] * wv;
+                if let Some((cols, first)) = g.tap_span(kj) {
+                    add_scaled(&mut out[y * ow..][cols], &src[iy * g.w + first..(iy + 1) * g.w], g.stride, k[t]);
                 }
             });
         });
@@ -127,10 +132,8 @@ impl CustomOp3 for DepthwiseGrad {
                 let d = &dy[nc * plane_out..][..plane_out];
                 let k = &w[(nc % g.c) * taps..][..taps];
                 g.for_each_row_tap(|y, iy, t, kj| {
-                    let (drow, wv) = (&d[y * ow..][..ow], k[t]);
-                    let irow = &mut out[iy * g.w..][..g.w];
-                    for x in g.valid_columns(kj) {
-                        irow[g.input_column(x, kj)] += drow[x] * wv;
+                    if let Some((cols, first)) = g.tap_span(kj) {
+                        scatter_scaled(&mut out[iy * g.w + first..(iy + 1) * g.w], &d[y * ow..][cols], g.stride, k[t]);
                     }
                 });
             });
@@ -143,13 +146,50 @@ impl CustomOp3 for DepthwiseGrad {
                 let nc = n * g.c + c;
                 let (src, d) = (&x[nc * plane_in..][..plane_in], &dy[nc * plane_out..][..plane_out]);
                 g.for_each_row_tap(|y, iy, t, kj| {
-                    let (drow, irow) = (&d[y * ow..][..ow], &src[iy * g.w..][..g.w]);
-                    out[t] += g.valid_columns(kj).map(|x| drow[x] * irow[g.input_column(x, kj)]).sum::<f32>();
+                    if let Some((cols, first)) = g.tap_span(kj) {
+                        out[t] += dot(&d[y * ow..][cols], &src[iy * g.w + first..(iy + 1) * g.w], g.stride);
+                    }
                 });
             }
         });
         Ok((CpuStorage::F32(dw), l2.shape().clone()))
     }
+}
+
+// The row loops below take slices and iterators instead of indices, so that the
+// compiler drops the bounds checks and vectorises the stride-1 case.
+
+/// `dst[i] += src[i·stride]·w`.
+#[inline]
+fn add_scaled(dst: &mut [f32], src: &[f32], stride: usize, w: f32) {
+    if stride == 1 {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s * w);
+    } else {
+        dst.iter_mut().zip(src.iter().step_by(stride)).for_each(|(d, &s)| *d += s * w);
+    }
+}
+
+/// `dst[i·stride] += src[i]·w`.
+#[inline]
+fn scatter_scaled(dst: &mut [f32], src: &[f32], stride: usize, w: f32) {
+    if stride == 1 {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s * w);
+    } else {
+        dst.iter_mut().step_by(stride).zip(src).for_each(|(d, &s)| *d += s * w);
+    }
+}
+
+/// `Σ a[i]·b[i·stride]`, in eight running sums (a single one would forbid SIMD).
+#[inline]
+fn dot(a: &[f32], b: &[f32], stride: usize) -> f32 {
+    let mut sums = [0f32; 8];
+    let mut add = |i: usize, v: f32| sums[i % 8] += v;
+    if stride == 1 {
+        a.iter().zip(b).enumerate().for_each(|(i, (&x, &y))| add(i, x * y));
+    } else {
+        a.iter().zip(b.iter().step_by(stride)).enumerate().for_each(|(i, (&x, &y))| add(i, x * y));
+    }
+    sums.iter().sum()
 }
 
 /// The weight's channels must match the input's.
