@@ -92,7 +92,11 @@ impl CustomOp2 for BatchNormTrain {
     fn bwd(&self, x: &Tensor, params: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = match self.act {
             Act::Identity => grad.contiguous()?,
-            act => res.apply_op2_no_bwd(&grad.contiguous()?, &ActGrad(act))?,
+            // dy·act'(y): the affine gradient with unit scale (the shift row is unused).
+            act => {
+                let unit = Tensor::ones((2, x.dim(1)?), candle_core::DType::F32, x.device())?;
+                res.apply_op3_no_bwd(&unit, &grad.contiguous()?, &ChannelAffineGrad(act))?
+            }
         };
         let sums = x.apply_op3_no_bwd(params, &grad, &GradSums { eps: self.eps })?; // (2, C)
         let dx = x.apply_op3_no_bwd(&Tensor::cat(&[params, &sums], 0)?, &grad, &GradInput { eps: self.eps })?;
@@ -160,27 +164,6 @@ impl CustomOp3 for GradInput {
             let gs = &dy[plane * p.hw..][..p.hw];
             for ((o, &v), &g) in out.iter_mut().zip(xs).zip(gs) {
                 *o = gamma * inv_std * (g - dbeta - (v - mean) * inv_std * dgamma);
-            }
-        });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
-    }
-}
-
-/// dy · act'(y): the gradient before an activation, from its output.
-struct ActGrad(Act);
-
-impl CustomOp2 for ActGrad {
-    fn name(&self) -> &'static str {
-        "activation-grad"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (y, dy) = (slice(s1, l1, "activation-grad")?, slice(s2, l2, "activation-grad")?);
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(1 << 14).enumerate().for_each(|(i, out)| {
-            let at = i << 14;
-            for ((o, &v), &g) in out.iter_mut().zip(&y[at..]).zip(&dy[at..]) {
-                *o = g * self.0.slope(v);
             }
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))

@@ -127,14 +127,12 @@ impl BatchNorm2d {
         Ok([scale, shift])
     }
 
+    /// Batch-norm from Candle's generic ops: other devices than the CPU, and tests.
     fn normalise_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let per_channel = |t: &Tensor| t.reshape((1, (), 1, 1));
         if !train {
             let [scale, shift] = self.eval_scale_shift()?;
             return x.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?);
-        }
-        if x.device().is_cpu() {
-            return self.train_cpu(x, Act::Identity);
         }
         let (n, _, h, w) = x.dims4()?;
         let count = (n * h * w) as f64;

@@ -246,8 +246,8 @@ impl Trainer {
         let all = self.network.stage_names().len();
         // Cached inputs are already the frozen stages' output.
         let fixed = match &self.features {
-            Some(_) => x,
-            None => self.network.detached()?.stages_t(&x, false, 0..self.frozen)?,
+            None if self.frozen > 0 => self.network.detached()?.stages_t(&x, false, 0..self.frozen)?,
+            _ => x,
         };
         Ok(self.network.head_t(&self.network.stages_t(&fixed, true, self.frozen..all)?)?)
     }
