@@ -31,9 +31,9 @@ impl Geom {
     /// TensorFlow's "same": `ceil(size / stride)` outputs, the padding split with the
     /// odd pixel at the bottom/right.
     fn same(n: usize, c: usize, h: usize, w: usize, k: usize, stride: usize) -> Self {
-        let before = |size: usize| (((size.div_ceil(stride) - 1) * stride + k).saturating_sub(size)) / 2;
         let (out_h, out_w) = (h.div_ceil(stride), w.div_ceil(stride));
-        Self { n, c, h, w, k, stride, pad_top: before(h), pad_left: before(w), out_h, out_w }
+        let (pad_top, pad_left) = (same_padding(h, k, stride).0, same_padding(w, k, stride).0);
+        Self { n, c, h, w, k, stride, pad_top, pad_left, out_h, out_w }
     }
 
     /// Output columns `x` whose input column `x·stride + kj − pad_left` lies inside the row.
@@ -215,16 +215,18 @@ pub fn depthwise_conv2d_same(x: &Tensor, weight: &Tensor, stride: usize) -> Resu
     run(x, weight, Geom::same(n, c, h, w, k, stride))
 }
 
+/// TF's "same" padding of one axis, (before, after): `ceil(size / stride)` outputs,
+/// the odd pixel after.
+fn same_padding(size: usize, k: usize, stride: usize) -> (usize, usize) {
+    let total = ((size.div_ceil(stride) - 1) * stride + k).saturating_sub(size);
+    (total / 2, total - total / 2)
+}
+
 /// Zero-pads `x` the way TF's "same" padding does for a k×k window at `stride`: the
 /// odd extra pixel of a stride-2 window goes bottom/right.
 pub fn pad_same(x: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
-    let amount = |size: usize| {
-        let out = size.div_ceil(stride);
-        let total = ((out - 1) * stride + k).saturating_sub(size);
-        (total / 2, total - total / 2)
-    };
-    let ((top, bottom), (left, right)) = (amount(h), amount(w));
+    let ((top, bottom), (left, right)) = (same_padding(h, k, stride), same_padding(w, k, stride));
     if top + bottom + left + right == 0 {
         return Ok(x.clone());
     }
